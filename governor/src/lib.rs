@@ -1,1 +1,20 @@
+//! p2pvps-governor: the host daemon of a P2P VPS device. See DESIGN.md §4 for the architecture;
+//! `lifecycle` sequences the other modules, which do not call each other.
 
+pub mod backoff;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod host;
+pub mod lifecycle;
+pub mod logging;
+pub mod marketplace;
+pub mod runtime;
+pub mod state;
+pub mod status;
+pub mod storage;
+pub mod types;
+
+/// Exit status for a bad device-config.json (sysexits' EX_CONFIG); the systemd unit does not restart
+/// on it (`RestartPreventExitStatus=78`), since a restart cannot fix the file.
+pub const EXIT_CONFIG: u8 = 78;

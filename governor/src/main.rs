@@ -1,1 +1,117 @@
-fn main() {}
+//! The `p2pvps-governor` command: parses arguments and maps errors to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use p2pvps_governor::config::{self, DeviceConfig};
+use p2pvps_governor::daemon::{self, DaemonError, RunOptions};
+use p2pvps_governor::state::StateStore;
+use p2pvps_governor::{EXIT_CONFIG, logging, status};
+
+const DEFAULT_STATE_DIR: &str = "/var/lib/p2pvps";
+
+#[derive(Parser)]
+#[command(version, about = "P2P VPS governor: rents this device out as a virtual private server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Name of the renter's container (change it only to run several governors on one host).
+        #[arg(long, default_value = "p2pvps-renter")]
+        container_name: String,
+    },
+    /// Show what the governor is doing.
+    Status {
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a device-config.json and print it normalised.
+    CheckConfig {
+        #[arg(default_value = config::DEFAULT_PATH)]
+        path: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run {
+            config,
+            state_dir,
+            container_name,
+        } => run(RunOptions {
+            config,
+            state_dir,
+            container_name,
+        }),
+        Command::Status { state_dir, json } => match status::load(&StateStore::new(state_dir)) {
+            Ok(view) if json => {
+                println!("{}", serde_json::to_string_pretty(&view).expect("status serialises"));
+                ExitCode::SUCCESS
+            }
+            Ok(view) => {
+                print!("{}", view.render(chrono::Utc::now()));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::CheckConfig { path } => match DeviceConfig::load(&path) {
+            Ok(c) => {
+                println!("{}: OK", path.display());
+                print!("{}", c.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+    }
+}
+
+fn run(opts: RunOptions) -> ExitCode {
+    logging::init();
+    // reqwest is built without a default TLS provider: ring keeps the binary small.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    match rt.block_on(daemon::run(opts, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(DaemonError::Config(e)) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,50 @@
+//! Exponential backoff with jitter, for every retry against the server or the engine.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay: base·2ⁿ capped, then a random 50-100 % of it, so that many devices that
+    /// lost the same server do not come back in lockstep.
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.base.saturating_mul(1 << self.attempt.min(20));
+        self.attempt = self.attempt.saturating_add(1);
+        exp.min(self.cap).mul_f64(rand::random_range(0.5..=1.0))
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_and_caps_with_jitter() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+        let d: Vec<Duration> = (0..15).map(|_| b.next_delay()).collect();
+        assert!(d[0] >= Duration::from_millis(500) && d[0] <= Duration::from_secs(1));
+        assert!(d[3] >= Duration::from_secs(4) && d[3] <= Duration::from_secs(8));
+        for late in &d[10..] {
+            assert!(*late >= Duration::from_secs(150) && *late <= Duration::from_secs(300), "{late:?}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,57 @@
+//! Facts about this machine: what registration offers, and the limits the renter's container gets.
+
+use std::path::Path;
+
+use crate::marketplace::Specs;
+use crate::runtime::Limits;
+
+/// Measured specs. `storage` is the directory whose filesystem holds the renter's storage.
+pub fn specs(storage: &Path) -> (Specs, Limits) {
+    use sysinfo::{Disks, System};
+    let (memory, ncpus, brand) = match System::new() {
+        Ok(mut sys) => {
+            sys.refresh_memory();
+            sys.refresh_cpu_all();
+            let brand = sys.cpus().first().map(|c| c.brand().trim().to_owned());
+            (sys.total_memory(), sys.cpus().len(), brand)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read memory and CPU facts");
+            (0, 1, None)
+        }
+    };
+    let brand = brand
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+    // The disk whose mount point is the longest prefix of the storage path holds it.
+    let disk = Disks::new_with_refreshed_list().ok().and_then(|disks| {
+        disks
+            .iter()
+            .filter(|d| storage.starts_with(d.mount_point()))
+            .max_by_key(|d| d.mount_point().as_os_str().len())
+            .map(sysinfo::Disk::available_space)
+    });
+    let disk = disk.unwrap_or(0);
+    let specs = Specs {
+        memory: format!("{} MB", memory / 1_000_000),
+        disk_space: format!("{} GB", disk / 1_000_000_000),
+        processor: format!("{brand} x{}", ncpus.max(1)),
+        internet_speed: "unmeasured".into(),
+    };
+    (specs, Limits::for_host(memory, ncpus))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_are_measured() {
+        let (s, limits) = specs(Path::new("/"));
+        let mb: u64 = s.memory.trim_end_matches(" MB").parse().unwrap();
+        assert!(mb > 64, "{s:?}");
+        assert!(s.disk_space.ends_with(" GB"));
+        assert!(s.processor.contains(" x"), "{s:?}");
+        assert!(limits.memory_bytes > 0 && limits.nano_cpus >= 500_000_000);
+    }
+}

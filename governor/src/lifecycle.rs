@@ -1,0 +1,421 @@
+//! The rental lifecycle (DESIGN.md §4): the only place that sequences the other concerns.
+//!
+//! `PreparingStorage -> Registering -> Provisioning -> Serving -> Expired -> Wiping -> PreparingStorage …`
+//!
+//! Each phase is saved before its step acts and every step is idempotent, so a restart at any point
+//! resumes correctly: an interrupted wipe finishes before a new registration, a live rental keeps its
+//! container, an expired one is ended. Failures of the server, the engine or the storage are retried
+//! with backoff for ever; only a state file that cannot be written stops the governor.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::clock::Clock;
+use crate::marketplace::{MarketplaceApi, Specs};
+use crate::runtime::{ContainerRuntime, ContainerSpec, Limits};
+use crate::state::{Heartbeat, LeaseRecord, Phase, State, StateError, StateStore, new_volume_id};
+use crate::storage::Storage;
+use crate::types::{DeviceId, PasswordHash};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Tunables of the lifecycle, from the config and the host.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub device: DeviceId,
+    /// Between check-ins while serving.
+    pub heartbeat: Duration,
+    /// SIGTERM to SIGKILL when a rental ends.
+    pub stop_grace: Duration,
+    /// First retry delay; doubled per failure up to `retry_cap`.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    pub container_name: String,
+    pub image: String,
+    pub image_tar: Option<PathBuf>,
+    pub cmd: Vec<String>,
+    pub limits: Limits,
+    /// What registration offers.
+    pub specs: Specs,
+}
+
+impl Settings {
+    /// Defaults for everything but what only the config and the host know.
+    pub fn new(device: DeviceId, specs: Specs, limits: Limits) -> Self {
+        Self {
+            device,
+            heartbeat: Duration::from_secs(600),
+            stop_grace: Duration::from_secs(3),
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(300),
+            container_name: "p2pvps-renter".into(),
+            image: crate::config::DEFAULT_RENTER_IMAGE.into(),
+            image_tar: None,
+            cmd: vec!["sleep".into(), "infinity".into()],
+            limits,
+            specs,
+        }
+    }
+}
+
+pub struct Lifecycle<M, R, S, C> {
+    market: M,
+    runtime: R,
+    storage: S,
+    clock: C,
+    store: StateStore,
+    settings: Settings,
+    phase_tx: watch::Sender<Phase>,
+}
+
+/// What a heartbeat found.
+struct Beat {
+    expiration: Result<DateTime<Utc>, String>,
+    container_lost: bool,
+}
+
+impl<M, R, S, C> Lifecycle<M, R, S, C>
+where
+    M: MarketplaceApi,
+    R: ContainerRuntime,
+    S: Storage,
+    C: Clock,
+{
+    pub fn new(market: M, runtime: R, storage: S, clock: C, store: StateStore, settings: Settings) -> Self {
+        Self {
+            market,
+            runtime,
+            storage,
+            clock,
+            store,
+            settings,
+            phase_tx: watch::Sender::new(Phase::PreparingStorage),
+        }
+    }
+
+    /// Phase changes, for the LED and tests.
+    pub fn subscribe(&self) -> watch::Receiver<Phase> {
+        self.phase_tx.subscribe()
+    }
+
+    pub fn runtime(&self) -> &R {
+        &self.runtime
+    }
+
+    pub fn market(&self) -> &M {
+        &self.market
+    }
+
+    /// Run until `shutdown` completes. The renter's container is left running on shutdown: stopping
+    /// the governor (an upgrade, a restart) must not cut a renter off.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), LifecycleError> {
+        tokio::pin!(shutdown);
+        let mut state = tokio::select! {
+            biased;
+            () = &mut shutdown => return Ok(()),
+            s = self.resume() => s?,
+        };
+        loop {
+            self.phase_tx.send_replace(state.phase);
+            tokio::select! {
+                biased;
+                () = &mut shutdown => {
+                    info!(phase = state.phase.as_str(), "governor stopping; the renter's container keeps running");
+                    return Ok(());
+                }
+                r = self.step(&mut state) => r?,
+            }
+        }
+    }
+
+    /// Load the saved state (or start afresh) and clear containers the state does not own.
+    async fn resume(&self) -> Result<State, LifecycleError> {
+        let device = &self.settings.device;
+        let mut state = match self.store.load()? {
+            Some(s) => {
+                info!(phase = s.phase.as_str(), "resuming");
+                s
+            }
+            None => {
+                info!(%device, "first start");
+                let s = State::new(device.clone());
+                self.store.save(&s)?;
+                s
+            }
+        };
+        if state.device_id != *device {
+            warn!(old = %state.device_id, new = %device, "device id changed; ending the old rental first");
+            if state.lease.is_some() || state.container.is_some() {
+                state.phase = Phase::Expired;
+            }
+            state.device_id = device.clone();
+            self.store.save(&state)?;
+        }
+        if matches!(state.phase, Phase::Provisioning | Phase::Serving) && state.lease.is_none() {
+            warn!(phase = state.phase.as_str(), "state has no lease for this phase; ending it");
+            state.phase = Phase::Expired;
+            self.store.save(&state)?;
+        }
+        let ours = state.container.clone();
+        let listed = self
+            .retry("list containers", || self.runtime.list(device.as_str()))
+            .await;
+        for id in listed.into_iter().filter(|id| Some(id) != ours.as_ref()) {
+            warn!(container = %id, "removing a renter container the state does not own");
+            self.retry("remove orphan container", || {
+                self.runtime.remove(&id, self.settings.stop_grace)
+            })
+            .await;
+        }
+        Ok(state)
+    }
+
+    async fn step(&self, state: &mut State) -> Result<(), LifecycleError> {
+        match state.phase {
+            Phase::PreparingStorage => self.prepare_storage(state).await,
+            Phase::Registering => self.register(state).await,
+            Phase::Provisioning => {
+                let expiration = lease(state).expiration;
+                tokio::select! {
+                    r = self.provision(state) => r,
+                    () = self.clock.sleep_until(expiration) => {
+                        info!("the rental expired before its container was ready");
+                        self.enter(state, Phase::Expired)
+                    }
+                }
+            }
+            Phase::Serving => self.serve(state).await,
+            Phase::Expired => self.end_rental(state).await,
+            Phase::Wiping => self.wipe(state).await,
+        }
+    }
+
+    fn enter(&self, state: &mut State, phase: Phase) -> Result<(), LifecycleError> {
+        state.phase = phase;
+        self.store.save(state)?;
+        Ok(())
+    }
+
+    async fn prepare_storage(&self, state: &mut State) -> Result<(), LifecycleError> {
+        info!(volume = %state.volume, storage = %self.storage.describe(), "preparing storage");
+        let volume = state.volume.clone();
+        self.retry("prepare storage", || self.storage.prepare(&volume))
+            .await;
+        self.enter(state, Phase::Registering)
+    }
+
+    async fn register(&self, state: &mut State) -> Result<(), LifecycleError> {
+        info!(device = %self.settings.device, "registering with the marketplace");
+        let lease = self
+            .retry("register", || async {
+                let r = self.market.register(&self.settings.specs).await;
+                if let Err(e) = &r
+                    && e.is_unknown_device()
+                {
+                    error!("the marketplace does not know device {}: check deviceId in device-config.json", self.settings.device);
+                }
+                r
+            })
+            .await;
+        let record = LeaseRecord {
+            username: lease.username,
+            // The plain password ends here: only its hash is kept and handed on.
+            password_hash: PasswordHash::of(&lease.password),
+            port: lease.port,
+            expiration: lease.expiration,
+            registered_at: self.clock.now(),
+        };
+        info!(username = %record.username, port = %record.port, expiration = %record.expiration, "registered");
+        state.lease = Some(record);
+        self.enter(state, Phase::Provisioning)
+    }
+
+    async fn provision(&self, state: &mut State) -> Result<(), LifecycleError> {
+        let s = &self.settings;
+        if let Some(old) = state.container.clone() {
+            // A container from an interrupted provisioning may hold a half-made login.
+            info!(container = %old, "replacing the renter container");
+            self.retry("remove container", || self.runtime.remove(&old, s.stop_grace))
+                .await;
+            state.container = None;
+            self.store.save(state)?;
+        }
+        self.retry("renter image", || {
+            self.runtime.ensure_image(&s.image, s.image_tar.as_deref())
+        })
+        .await;
+        let volume = state.volume.clone();
+        let storage = match self.storage.open(&volume).await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "the rental's storage is missing; preparing it afresh");
+                self.retry("prepare storage", || self.storage.prepare(&volume))
+                    .await
+            }
+        };
+        let spec = ContainerSpec {
+            name: s.container_name.clone(),
+            image: s.image.clone(),
+            cmd: s.cmd.clone(),
+            device: s.device.to_string(),
+            storage,
+            limits: s.limits,
+        };
+        let id = self.retry("create container", || self.runtime.create(&spec)).await;
+        state.container = Some(id.clone());
+        self.store.save(state)?;
+        let l = lease(state);
+        if let Err(e) = self.runtime.add_login(&id, &l.username, &l.password_hash).await {
+            // Start over from a fresh container after a pause; the saved id is removed first.
+            error!(error = %e, "cannot create the renter's login");
+            self.clock.sleep(s.retry_base * 5).await;
+            return Ok(());
+        }
+        info!(container = %id, username = %l.username, "renter container running");
+        self.enter(state, Phase::Serving)
+    }
+
+    async fn serve(&self, state: &mut State) -> Result<(), LifecycleError> {
+        let hb = self.settings.heartbeat;
+        let mut backoff = Backoff::new(self.settings.retry_base.max(Duration::from_secs(1)), self.settings.retry_cap.min(hb));
+        // Check in at once: it confirms the new container to the marketplace, and after a restart
+        // it picks up an expiration that changed while the governor was down.
+        let mut delay = Duration::ZERO;
+        let expiration = lease(state).expiration;
+        info!(%expiration, "serving");
+        loop {
+            let expiration = lease(state).expiration;
+            let beat = tokio::select! {
+                () = self.clock.sleep_until(expiration) => None,
+                b = async { self.clock.sleep(delay).await; self.heartbeat(state).await } => Some(b),
+            };
+            let Some(beat) = beat else { break };
+            let at = self.clock.now();
+            match beat.expiration {
+                Ok(new) => {
+                    if new != expiration {
+                        info!(old = %expiration, new = %new, "the marketplace changed the expiration");
+                        lease_mut(state).expiration = new;
+                    }
+                    state.last_heartbeat = Some(Heartbeat { at, error: None });
+                    delay = hb;
+                    backoff.reset();
+                }
+                Err(e) => {
+                    delay = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?delay, %expiration, "heartbeat failed; the rental holds until its expiration");
+                    state.last_heartbeat = Some(Heartbeat { at, error: Some(e) });
+                }
+            }
+            if beat.container_lost {
+                warn!("the renter container is gone; recreating it");
+                return self.enter(state, Phase::Provisioning);
+            }
+            self.store.save(state)?;
+        }
+        info!(expiration = %lease(state).expiration, "rental expired");
+        self.enter(state, Phase::Expired)
+    }
+
+    /// Check in, read the expiration, and make sure the container still runs.
+    async fn heartbeat(&self, state: &State) -> Beat {
+        let expiration = async {
+            self.market.check_in().await?;
+            self.market.expiration().await
+        }
+        .await
+        .map_err(|e| e.to_string());
+        let mut container_lost = false;
+        if let Some(id) = &state.container {
+            match self.runtime.state(id).await {
+                Ok(Some(true)) => {}
+                Ok(Some(false)) => {
+                    warn!(container = %id, "renter container stopped; starting it again");
+                    if let Err(e) = self.runtime.start(id).await {
+                        warn!(error = %e, "cannot restart the renter container");
+                    }
+                }
+                Ok(None) => container_lost = true,
+                Err(e) => warn!(error = %e, "cannot inspect the renter container"),
+            }
+        }
+        Beat {
+            expiration,
+            container_lost,
+        }
+    }
+
+    async fn end_rental(&self, state: &mut State) -> Result<(), LifecycleError> {
+        if let Some(id) = state.container.clone() {
+            info!(container = %id, "stopping and removing the renter container");
+            self.retry("remove container", || {
+                self.runtime.remove(&id, self.settings.stop_grace)
+            })
+            .await;
+            state.container = None;
+        }
+        self.enter(state, Phase::Wiping)
+    }
+
+    async fn wipe(&self, state: &mut State) -> Result<(), LifecycleError> {
+        let volume = state.volume.clone();
+        info!(%volume, "wiping the renter's storage");
+        self.retry("wipe storage", || async {
+            self.storage.wipe(&volume).await?;
+            self.storage.verify_wiped(&volume).await
+        })
+        .await;
+        info!(%volume, "storage wiped and verified");
+        if state.lease.take().is_some() {
+            state.rentals_completed += 1;
+        }
+        state.volume = new_volume_id();
+        state.last_heartbeat = None;
+        self.enter(state, Phase::PreparingStorage)
+    }
+
+    /// Retry `f` with backoff until it succeeds, logging each failure.
+    async fn retry<T, E, F, Fut>(&self, what: &str, f: F) -> T
+    where
+        E: Display,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut backoff = Backoff::new(self.settings.retry_base, self.settings.retry_cap);
+        loop {
+            match f().await {
+                Ok(v) => return v,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?delay, "{what} failed");
+                    self.clock.sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+fn lease(state: &State) -> &LeaseRecord {
+    state
+        .lease
+        .as_ref()
+        .expect("phases after registration hold a lease")
+}
+
+fn lease_mut(state: &mut State) -> &mut LeaseRecord {
+    state
+        .lease
+        .as_mut()
+        .expect("phases after registration hold a lease")
+}

@@ -1,0 +1,323 @@
+//! The Docker engine through bollard, over its Unix socket (`DOCKER_HOST` or the default).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
+    StopContainerOptions,
+};
+use futures_util::StreamExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::{ContainerRuntime, ContainerSpec, DEVICE_LABEL, RuntimeError, STORAGE_MOUNT};
+use crate::types::{PasswordHash, Username};
+
+/// Kept from an exec's output for the error message.
+const STDERR_KEEP: usize = 2048;
+
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+impl DockerRuntime {
+    /// Connect and agree on an API version (bookworm's engine speaks 1.41, bollard defaults newer).
+    pub async fn connect() -> Result<Self, RuntimeError> {
+        let docker =
+            Docker::connect_with_defaults().map_err(|e| RuntimeError::Connect(e.to_string()))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| RuntimeError::Connect(e.to_string()))?;
+        Ok(Self { docker })
+    }
+
+    /// Run `cmd` as root in the container, feeding `stdin`, and fail unless it exits 0.
+    async fn exec(&self, id: &str, cmd: &[&str], stdin: Option<&[u8]>) -> Result<(), RuntimeError> {
+        let command = cmd.join(" ");
+        let err = |reason: String| RuntimeError::Container {
+            container: id.to_owned(),
+            action: "exec",
+            reason: format!("`{command}`: {reason}"),
+        };
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(cmd.to_vec()),
+                    attach_stdin: Some(stdin.is_some()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    user: Some("root"),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let StartExecResults::Attached { mut output, mut input } = started else {
+            return Err(err("exec started detached".into()));
+        };
+        if let Some(data) = stdin {
+            input.write_all(data).await.map_err(|e| err(e.to_string()))?;
+            // Half-close so the command sees end of input.
+            input.shutdown().await.map_err(|e| err(e.to_string()))?;
+        }
+        let mut stderr = Vec::new();
+        while let Some(item) = output.next().await {
+            match item.map_err(|e| err(e.to_string()))? {
+                bollard::container::LogOutput::StdErr { message }
+                | bollard::container::LogOutput::StdOut { message }
+                    if stderr.len() < STDERR_KEEP =>
+                {
+                    stderr.extend_from_slice(&message);
+                }
+                _ => {}
+            }
+        }
+        // The exit code can lag the end of the stream by a moment.
+        for _ in 0..50 {
+            let info = self
+                .docker
+                .inspect_exec(&exec.id)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            match (info.running, info.exit_code) {
+                (Some(false), Some(0)) => return Ok(()),
+                (Some(false), Some(code)) => {
+                    return Err(RuntimeError::Exec {
+                        container: id.to_owned(),
+                        command,
+                        code,
+                        stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+                    });
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        Err(err("no exit code after the output ended".into()))
+    }
+
+    async fn import(&self, image: &str, tar: &Path) -> Result<(), RuntimeError> {
+        let tar_err = |source| RuntimeError::ImageTar {
+            image: image.to_owned(),
+            path: tar.to_owned(),
+            source,
+        };
+        let file = tokio::fs::File::open(tar).await.map_err(tar_err)?;
+        let (repo, tag) = split_reference(image);
+        let chunks = futures_util::stream::unfold(file, |mut file| async move {
+            let mut buf = vec![0u8; 1 << 20];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(bytes::Bytes::from(buf)), file))
+                }
+                Err(e) => Some((Err(e), file)),
+            }
+        });
+        let options = CreateImageOptions {
+            from_src: Some("-".into()),
+            repo: Some(repo.to_owned()),
+            tag: Some(tag.to_owned()),
+            ..Default::default()
+        };
+        let mut progress = self.docker.create_image(
+            Some(options),
+            Some(bollard::body_try_stream(chunks)),
+            None,
+        );
+        while let Some(step) = progress.next().await {
+            step.map_err(|e| RuntimeError::Image {
+                image: image.to_owned(),
+                reason: format!("import from {}: {e}", tar.display()),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// `repo[:tag]` split as Docker does: a colon after the last slash starts the tag.
+fn split_reference(image: &str) -> (&str, &str) {
+    match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => (&image[..i], &image[i + 1..]),
+        _ => (image, "latest"),
+    }
+}
+
+fn not_found(e: &BollardError) -> bool {
+    matches!(e, BollardError::DockerResponseServerError { status_code: 404, .. })
+}
+
+fn container_err(id: &str, action: &'static str) -> impl FnOnce(BollardError) -> RuntimeError {
+    let container = id.to_owned();
+    move |e| RuntimeError::Container {
+        container,
+        action,
+        reason: e.to_string(),
+    }
+}
+
+impl ContainerRuntime for DockerRuntime {
+    async fn ensure_image(&self, image: &str, tar: Option<&Path>) -> Result<(), RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(RuntimeError::Connect(e.to_string())),
+        }
+        let Some(tar) = tar else {
+            return Err(RuntimeError::Image {
+                image: image.to_owned(),
+                reason: "not in the engine, and no renterImageTar to import it from".into(),
+            });
+        };
+        tracing::info!(image, tar = %tar.display(), "importing the renter image");
+        self.import(image, tar).await
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let log_opts = HashMap::from([
+            ("max-size".to_owned(), "10m".to_owned()),
+            ("max-file".to_owned(), "2".to_owned()),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.cmd.clone()),
+            hostname: Some("p2pvps".into()),
+            labels: Some(HashMap::from([(DEVICE_LABEL.to_owned(), spec.device.clone())])),
+            host_config: Some(HostConfig {
+                binds: Some(vec![format!("{}:{STORAGE_MOUNT}", spec.storage.display())]),
+                memory: Some(spec.limits.memory_bytes),
+                // No swap beyond the memory limit: swap on an SD card would wear it out.
+                memory_swap: Some(spec.limits.memory_bytes),
+                nano_cpus: Some(spec.limits.nano_cpus),
+                pids_limit: Some(spec.limits.pids),
+                privileged: Some(false),
+                // An init as PID 1 reaps zombies and passes SIGTERM on.
+                init: Some(true),
+                network_mode: Some("bridge".into()),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".into()),
+                    config: Some(log_opts),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(container_err(&spec.name, "create"))?;
+        self.docker
+            .start_container(&created.id, None)
+            .await
+            .map_err(container_err(&spec.name, "start"))?;
+        Ok(created.id)
+    }
+
+    async fn add_login(&self, id: &str, user: &Username, hash: &PasswordHash) -> Result<(), RuntimeError> {
+        let name = user.as_str();
+        self.exec(
+            id,
+            &["useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", "--", name],
+            None,
+        )
+        .await?;
+        let line = format!("{name}:{}\n", hash.as_str());
+        self.exec(id, &["chpasswd", "--encrypted"], Some(line.as_bytes()))
+            .await?;
+        let owner = format!("{name}:{name}");
+        self.exec(id, &["chown", "--", &owner, STORAGE_MOUNT], None)
+            .await
+    }
+
+    async fn state(&self, id: &str) -> Result<Option<bool>, RuntimeError> {
+        match self.docker.inspect_container(id, None).await {
+            Ok(info) => Ok(Some(
+                info.state.and_then(|s| s.running).unwrap_or(false),
+            )),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(container_err(id, "inspect")(e)),
+        }
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(container_err(id, "start"))
+    }
+
+    async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let stop = StopContainerOptions {
+            t: Some(i32::try_from(grace.as_secs()).unwrap_or(10)),
+            ..Default::default()
+        };
+        match self.docker.stop_container(id, Some(stop)).await {
+            // 304: already stopped.
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => {}
+            Err(e) if not_found(&e) => return Ok(()),
+            Err(e) => return Err(container_err(id, "stop")(e)),
+        }
+        let rm = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(rm)).await {
+            Err(e) if !not_found(&e) => Err(container_err(id, "remove")(e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn list(&self, device: &str) -> Result<Vec<String>, RuntimeError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{DEVICE_LABEL}={device}")],
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let found = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| RuntimeError::Connect(e.to_string()))?;
+        Ok(found.into_iter().filter_map(|c| c.id).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reference;
+
+    #[test]
+    fn references_split_like_docker() {
+        assert_eq!(split_reference("p2pvps/renter:latest"), ("p2pvps/renter", "latest"));
+        assert_eq!(split_reference("p2pvps/renter"), ("p2pvps/renter", "latest"));
+        assert_eq!(split_reference("host:5000/renter"), ("host:5000/renter", "latest"));
+        assert_eq!(split_reference("host:5000/renter:v2"), ("host:5000/renter", "v2"));
+    }
+}

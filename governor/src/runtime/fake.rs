@@ -1,0 +1,171 @@
+//! An in-memory runtime for fast lifecycle tests. It records what was asked of it, and can be told
+//! to fail, or to lose a container (as when the engine's data is lost).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{ContainerRuntime, ContainerSpec, RuntimeError};
+use crate::types::{PasswordHash, Username};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeContainer {
+    pub device: String,
+    pub image: String,
+    pub storage: PathBuf,
+    pub running: bool,
+    pub login: Option<(String, String)>,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeRuntime {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next: u32,
+    containers: BTreeMap<String, FakeContainer>,
+    images: Vec<String>,
+    /// The next this-many calls fail as if the engine were down.
+    failures: u32,
+    /// Every call, in order, e.g. "create c1", "remove c1".
+    log: Vec<String>,
+}
+
+impl FakeRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A runtime that already has these images.
+    pub fn with_images(images: &[&str]) -> Self {
+        let rt = Self::new();
+        rt.inner.lock().unwrap().images = images.iter().map(|s| (*s).to_owned()).collect();
+        rt
+    }
+
+    pub fn containers(&self) -> BTreeMap<String, FakeContainer> {
+        self.inner.lock().unwrap().containers.clone()
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.inner.lock().unwrap().log.clone()
+    }
+
+    pub fn fail_next(&self, n: u32) {
+        self.inner.lock().unwrap().failures = n;
+    }
+
+    /// Add a container behind the governor's back (an orphan from a crash).
+    pub fn insert(&self, id: &str, c: FakeContainer) {
+        self.inner.lock().unwrap().containers.insert(id.to_owned(), c);
+    }
+
+    /// Make a container disappear (the engine lost it).
+    pub fn lose(&self, id: &str) {
+        self.inner.lock().unwrap().containers.remove(id);
+    }
+
+    pub fn stop_behind_our_back(&self, id: &str) {
+        if let Some(c) = self.inner.lock().unwrap().containers.get_mut(id) {
+            c.running = false;
+        }
+    }
+
+    fn call(&self, what: String) -> Result<std::sync::MutexGuard<'_, Inner>, RuntimeError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.log.push(what);
+        if inner.failures > 0 {
+            inner.failures -= 1;
+            return Err(RuntimeError::Connect("injected failure".into()));
+        }
+        Ok(inner)
+    }
+}
+
+fn gone(id: &str, action: &'static str) -> RuntimeError {
+    RuntimeError::Container {
+        container: id.to_owned(),
+        action,
+        reason: "no such container".into(),
+    }
+}
+
+impl ContainerRuntime for FakeRuntime {
+    async fn ensure_image(&self, image: &str, tar: Option<&Path>) -> Result<(), RuntimeError> {
+        let mut inner = self.call(format!("ensure_image {image}"))?;
+        if inner.images.iter().any(|i| i == image) {
+            return Ok(());
+        }
+        match tar {
+            Some(_) => {
+                inner.images.push(image.to_owned());
+                Ok(())
+            }
+            None => Err(RuntimeError::Image {
+                image: image.to_owned(),
+                reason: "not present and no renterImageTar to import".into(),
+            }),
+        }
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let mut inner = self.call(format!("create {}", spec.name))?;
+        if !inner.images.contains(&spec.image) {
+            return Err(RuntimeError::Image {
+                image: spec.image.clone(),
+                reason: "no such image".into(),
+            });
+        }
+        inner.next += 1;
+        let id = format!("c{}", inner.next);
+        inner.containers.insert(
+            id.clone(),
+            FakeContainer {
+                device: spec.device.clone(),
+                image: spec.image.clone(),
+                storage: spec.storage.clone(),
+                running: true,
+                login: None,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn add_login(&self, id: &str, user: &Username, hash: &PasswordHash) -> Result<(), RuntimeError> {
+        let mut inner = self.call(format!("add_login {id} {user}"))?;
+        let c = inner.containers.get_mut(id).ok_or_else(|| gone(id, "add login"))?;
+        c.login = Some((user.to_string(), hash.as_str().to_owned()));
+        Ok(())
+    }
+
+    async fn state(&self, id: &str) -> Result<Option<bool>, RuntimeError> {
+        let inner = self.call(format!("state {id}"))?;
+        Ok(inner.containers.get(id).map(|c| c.running))
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut inner = self.call(format!("start {id}"))?;
+        let c = inner.containers.get_mut(id).ok_or_else(|| gone(id, "start"))?;
+        c.running = true;
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str, _grace: Duration) -> Result<(), RuntimeError> {
+        let mut inner = self.call(format!("remove {id}"))?;
+        inner.containers.remove(id);
+        Ok(())
+    }
+
+    async fn list(&self, device: &str) -> Result<Vec<String>, RuntimeError> {
+        let inner = self.call(format!("list {device}"))?;
+        Ok(inner
+            .containers
+            .iter()
+            .filter(|(_, c)| c.device == device)
+            .map(|(id, _)| id.clone())
+            .collect())
+    }
+}

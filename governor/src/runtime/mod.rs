@@ -1,0 +1,158 @@
+//! The container runtime behind a narrow trait: Docker through bollard, and an in-memory fake.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::types::{PasswordHash, Username};
+
+pub mod docker;
+pub mod fake;
+
+pub use docker::DockerRuntime;
+pub use fake::FakeRuntime;
+
+/// Label carrying the device id on every renter container, to find our own (and orphans).
+pub const DEVICE_LABEL: &str = "io.p2pvps.device";
+/// Where the renter's storage appears inside the container.
+pub const STORAGE_MOUNT: &str = "/media/storage";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("container engine unreachable: {0}")]
+    Connect(String),
+    #[error("image {image}: {reason}")]
+    Image { image: String, reason: String },
+    #[error("image {image}: cannot read {path}: {source}")]
+    ImageTar {
+        image: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("container {container}: {action}: {reason}")]
+    Container {
+        container: String,
+        action: &'static str,
+        reason: String,
+    },
+    #[error("container {container}: `{command}` exited with {code}: {stderr}")]
+    Exec {
+        container: String,
+        command: String,
+        code: i64,
+        stderr: String,
+    },
+}
+
+/// Resource limits that leave the host its share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids: i64,
+}
+
+impl Limits {
+    /// For a host with this much memory and these many CPUs: the renter gets memory less a quarter
+    /// (at least 256 MiB kept back) and all CPUs but half of one.
+    pub fn for_host(total_memory: u64, cpus: usize) -> Self {
+        const MIB: u64 = 1 << 20;
+        let keep = (total_memory / 4).max(256 * MIB);
+        let memory = total_memory.saturating_sub(keep).max(128 * MIB);
+        let cpus = i64::try_from(cpus.max(1)).unwrap_or(1);
+        Self {
+            memory_bytes: i64::try_from(memory).unwrap_or(i64::MAX),
+            nano_cpus: (cpus * 1_000_000_000 - 500_000_000).max(500_000_000),
+            pids: 1024,
+        }
+    }
+}
+
+/// What a renter's container is made of.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    /// The command the container runs (the governor decides, not the image's CMD).
+    pub cmd: Vec<String>,
+    /// Value of [`DEVICE_LABEL`].
+    pub device: String,
+    /// Host path bind-mounted at [`STORAGE_MOUNT`].
+    pub storage: PathBuf,
+    pub limits: Limits,
+}
+
+pub trait ContainerRuntime: Send + Sync {
+    /// Make sure `image` exists, importing it from the rootfs tarball `tar` when absent.
+    fn ensure_image(
+        &self,
+        image: &str,
+        tar: Option<&Path>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Create and start a container; returns its id.
+    fn create(&self, spec: &ContainerSpec)
+    -> impl Future<Output = Result<String, RuntimeError>> + Send;
+
+    /// Create the renter's login (with sudo) from a password hash given on stdin, and give them
+    /// the storage mount.
+    fn add_login(
+        &self,
+        id: &str,
+        user: &Username,
+        hash: &PasswordHash,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Some(running?) for an existing container, None when it is gone.
+    fn state(&self, id: &str) -> impl Future<Output = Result<Option<bool>, RuntimeError>> + Send;
+
+    fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Stop (SIGTERM, then SIGKILL after `grace`) and remove. A container already gone is fine.
+    fn remove(&self, id: &str, grace: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Ids of all containers (running or not) labelled with this device.
+    fn list(&self, device: &str) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;
+}
+
+/// Shared ownership (a test keeps a handle on the fake the lifecycle uses).
+impl<T: ContainerRuntime> ContainerRuntime for std::sync::Arc<T> {
+    fn ensure_image(&self, image: &str, tar: Option<&Path>) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        (**self).ensure_image(image, tar)
+    }
+    fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<String, RuntimeError>> + Send {
+        (**self).create(spec)
+    }
+    fn add_login(&self, id: &str, user: &Username, hash: &PasswordHash) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        (**self).add_login(id, user, hash)
+    }
+    fn state(&self, id: &str) -> impl Future<Output = Result<Option<bool>, RuntimeError>> + Send {
+        (**self).state(id)
+    }
+    fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        (**self).start(id)
+    }
+    fn remove(&self, id: &str, grace: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        (**self).remove(id, grace)
+    }
+    fn list(&self, device: &str) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send {
+        (**self).list(device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_leave_the_host_its_share() {
+        let gib = 1u64 << 30;
+        let pi4 = Limits::for_host(4 * gib, 4);
+        assert_eq!(pi4.memory_bytes, i64::try_from(3 * gib).unwrap());
+        assert_eq!(pi4.nano_cpus, 3_500_000_000);
+        let small = Limits::for_host(512 << 20, 1);
+        assert_eq!(small.memory_bytes, 256 << 20);
+        assert_eq!(small.nano_cpus, 500_000_000);
+        assert_eq!(small.pids, 1024);
+    }
+}

@@ -1,0 +1,127 @@
+//! `p2pvps-governor status`: what the device is doing, read from the state file. Never a secret.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Local, Utc};
+use serde::Serialize;
+
+use crate::state::{State, StateError, StateStore};
+
+/// The public view of the state.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusView {
+    pub phase: String,
+    pub device_id: Option<String>,
+    pub username: Option<String>,
+    pub port: Option<u16>,
+    pub expiration: Option<DateTime<Utc>>,
+    pub container: Option<String>,
+    pub storage_volume: Option<String>,
+    pub rentals_completed: u64,
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    pub last_heartbeat_error: Option<String>,
+}
+
+impl StatusView {
+    pub fn from_state(state: Option<&State>) -> Self {
+        let Some(s) = state else {
+            return Self {
+                phase: "not-started".into(),
+                device_id: None,
+                username: None,
+                port: None,
+                expiration: None,
+                container: None,
+                storage_volume: None,
+                rentals_completed: 0,
+                last_heartbeat: None,
+                last_heartbeat_error: None,
+            };
+        };
+        Self {
+            phase: s.phase.as_str().into(),
+            device_id: Some(s.device_id.to_string()),
+            username: s.lease.as_ref().map(|l| l.username.to_string()),
+            port: s.lease.as_ref().map(|l| l.port.get()),
+            expiration: s.lease.as_ref().map(|l| l.expiration),
+            container: s.container.clone(),
+            storage_volume: Some(s.volume.clone()),
+            rentals_completed: s.rentals_completed,
+            last_heartbeat: s.last_heartbeat.as_ref().map(|h| h.at),
+            last_heartbeat_error: s.last_heartbeat.as_ref().and_then(|h| h.error.clone()),
+        }
+    }
+
+    /// Human-readable lines; `now` makes "in 3 h 12 min" testable.
+    pub fn render(&self, now: DateTime<Utc>) -> String {
+        let mut out = String::new();
+        let mut line = |k: &str, v: &str| {
+            let _ = writeln!(out, "{k:<16} {v}");
+        };
+        line("phase", &self.phase);
+        if let Some(d) = &self.device_id {
+            line("device", d);
+        }
+        if let Some(u) = &self.username {
+            line("renter login", u);
+        }
+        if let Some(p) = self.port {
+            line("tunnel port", &p.to_string());
+        }
+        if let Some(e) = self.expiration {
+            let local = e.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S %Z");
+            line("expires", &format!("{local} ({})", relative(e, now)));
+        }
+        if let Some(c) = &self.container {
+            line("container", c.get(..12).unwrap_or(c));
+        }
+        if let Some(v) = &self.storage_volume {
+            line("storage volume", v);
+        }
+        line("rentals done", &self.rentals_completed.to_string());
+        if let Some(at) = self.last_heartbeat {
+            let result = self.last_heartbeat_error.as_deref().unwrap_or("ok");
+            line("last heartbeat", &format!("{} ({result})", relative(at, now)));
+        }
+        out
+    }
+}
+
+/// "in 3 h 12 min" / "5 min ago".
+pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let secs = (t - now).num_seconds();
+    let abs = secs.unsigned_abs();
+    let text = match abs {
+        0..60 => format!("{abs} s"),
+        60..3600 => format!("{} min", abs / 60),
+        3600..86_400 => format!("{} h {} min", abs / 3600, abs % 3600 / 60),
+        _ => format!("{} d {} h", abs / 86_400, abs % 86_400 / 3600),
+    };
+    if secs >= 0 { format!("in {text}") } else { format!("{text} ago") }
+}
+
+pub fn load(store: &StateStore) -> Result<StatusView, StateError> {
+    Ok(StatusView::from_state(store.load()?.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times() {
+        let now = Utc::now();
+        assert_eq!(relative(now + chrono::Duration::seconds(3 * 3600 + 12 * 60 + 5), now), "in 3 h 12 min");
+        assert_eq!(relative(now - chrono::Duration::seconds(300), now), "5 min ago");
+        assert_eq!(relative(now + chrono::Duration::seconds(2 * 86_400 + 3600), now), "in 2 d 1 h");
+        assert_eq!(relative(now + chrono::Duration::seconds(7), now), "in 7 s");
+    }
+
+    #[test]
+    fn not_started() {
+        let v = StatusView::from_state(None);
+        assert_eq!(v.phase, "not-started");
+        assert!(v.render(Utc::now()).starts_with("phase            not-started\n"));
+    }
+}

@@ -1,0 +1,386 @@
+//! Every lifecycle transition on a paused clock, with the in-memory marketplace and runtime and the
+//! real directory storage in a temp dir.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use p2pvps_governor::clock::{Clock as _, TokioClock};
+use p2pvps_governor::lifecycle::{Lifecycle, Settings};
+use p2pvps_governor::marketplace::{FakeMarketplace, Specs};
+use p2pvps_governor::runtime::fake::FakeContainer;
+use p2pvps_governor::runtime::{FakeRuntime, Limits};
+use p2pvps_governor::state::{Phase, State, StateStore};
+use p2pvps_governor::storage::DirStorage;
+use p2pvps_governor::types::DeviceId;
+use tokio::sync::oneshot;
+
+const DEVICE: &str = "5a2608cfd7df9800266a339d";
+const IMAGE: &str = "p2pvps/renter:latest";
+const HOUR: i64 = 3600;
+
+fn origin() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z").unwrap().to_utc()
+}
+
+struct World {
+    _tmp: tempfile::TempDir,
+    state_dir: PathBuf,
+    market: Arc<FakeMarketplace>,
+    runtime: Arc<FakeRuntime>,
+    clock: TokioClock,
+}
+
+type Lc = Lifecycle<Arc<FakeMarketplace>, Arc<FakeRuntime>, DirStorage, TokioClock>;
+
+impl World {
+    fn new(lease_hours: i64) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = TokioClock::starting_at(origin());
+        Self {
+            state_dir: tmp.path().join("state"),
+            _tmp: tmp,
+            market: Arc::new(FakeMarketplace::new(clock, chrono::Duration::seconds(lease_hours * HOUR))),
+            runtime: Arc::new(FakeRuntime::with_images(&[IMAGE])),
+            clock,
+        }
+    }
+
+    fn storage_root(&self) -> PathBuf {
+        self.state_dir.join("storage")
+    }
+
+    fn lifecycle(&self) -> Lc {
+        self.lifecycle_for(DEVICE)
+    }
+
+    fn lifecycle_for(&self, device: &str) -> Lc {
+        let specs = Specs {
+            memory: "4000 MB".into(),
+            disk_space: "58 GB".into(),
+            processor: "Cortex-A72 x4".into(),
+            internet_speed: "unmeasured".into(),
+        };
+        let mut settings = Settings::new(DeviceId::parse(device).unwrap(), specs, Limits::for_host(4 << 30, 4));
+        settings.heartbeat = Duration::from_secs(600);
+        Lifecycle::new(
+            self.market.clone(),
+            self.runtime.clone(),
+            DirStorage::new(self.storage_root()),
+            self.clock,
+            StateStore::new(&self.state_dir),
+            settings,
+        )
+    }
+
+    fn state(&self) -> State {
+        StateStore::new(&self.state_dir).load().unwrap().unwrap()
+    }
+
+    fn running(&self) -> Vec<(String, FakeContainer)> {
+        self.runtime.containers().into_iter().filter(|(_, c)| c.running).collect()
+    }
+
+    /// Run `lc` while `driver` runs; stop it when the driver is done.
+    async fn drive(&self, lc: &Lc, driver: impl Future<Output = ()>) {
+        let (tx, rx) = oneshot::channel::<()>();
+        let run = lc.run(async {
+            rx.await.ok();
+        });
+        let drive = async {
+            driver.await;
+            tx.send(()).unwrap();
+        };
+        let (r, ()) = tokio::join!(run, drive);
+        r.unwrap();
+    }
+}
+
+/// Sleep (paused clock) until `f` holds, at most `limit`.
+async fn until(limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_cycle_registers_serves_expires_wipes_and_registers_again() {
+    let w = World::new(24);
+    let lc = w.lifecycle();
+    let mut phases = lc.subscribe();
+    w.drive(&lc, async {
+        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+        assert_eq!(w.market.registrations(), 1);
+        assert_eq!(w.market.last_specs().unwrap().processor, "Cortex-A72 x4");
+        let s = w.state();
+        let lease = s.lease.clone().unwrap();
+        assert_eq!(lease.username.as_str(), "renter1");
+        assert_eq!(lease.port.get(), 6001);
+        assert!(!std::fs::read_to_string(w.state_dir.join("state.json")).unwrap().contains("Pass000001"));
+        let running = w.running();
+        assert_eq!(running.len(), 1);
+        let (id, c) = &running[0];
+        assert_eq!(Some(id), s.container.as_ref());
+        assert_eq!(c.device, DEVICE);
+        assert_eq!(c.login.as_ref().unwrap().0, "renter1");
+        assert!(c.login.as_ref().unwrap().1.starts_with("$6$"));
+        let storage = c.storage.clone();
+        assert!(storage.starts_with(w.storage_root()) && storage.is_dir());
+        std::fs::write(storage.join("canary"), "renter data").unwrap();
+
+        // Heartbeats every 10 minutes while serving.
+        tokio::time::sleep(Duration::from_secs(3 * 600 + 5)).await;
+        assert!(w.market.checkins() >= 3, "checkins {}", w.market.checkins());
+        assert!(w.state().last_heartbeat.unwrap().error.is_none());
+
+        // The container is gone at the expiration instant, not at the next heartbeat.
+        let expiration = lease.expiration;
+        w.clock.sleep_until(expiration - chrono::Duration::seconds(1)).await;
+        assert_eq!(w.running().len(), 1, "still serving a second before expiry");
+        until(Duration::from_secs(2), || w.runtime.containers().is_empty()).await;
+        assert!(w.clock.now() - expiration <= chrono::Duration::seconds(1));
+        until(Duration::from_secs(5), || w.market.registrations() == 2).await;
+        assert!(!storage.exists(), "the old storage survived the wipe");
+        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+        let s = w.state();
+        assert_eq!(s.lease.unwrap().username.as_str(), "renter2");
+        assert_eq!(s.rentals_completed, 1);
+        assert_eq!(w.running()[0].1.login.as_ref().unwrap().0, "renter2");
+        assert_ne!(w.running()[0].1.storage, storage);
+        assert_eq!(*phases.borrow_and_update(), Phase::Serving);
+    })
+    .await;
+    // Stopping the governor leaves the renter's container running.
+    assert_eq!(w.running().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_never_ends_a_rental_early_and_expiry_still_holds() {
+    let w = World::new(2);
+    let lc = w.lifecycle();
+    w.drive(&lc, async {
+        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+        let expiration = w.state().lease.unwrap().expiration;
+        w.market.set_down(true);
+        w.clock.sleep_until(expiration - chrono::Duration::seconds(5)).await;
+        assert_eq!(w.running().len(), 1, "an outage ended the rental early");
+        let hb = w.state().last_heartbeat.unwrap();
+        assert!(hb.error.unwrap().contains("503"));
+        // Expiry is enforced while the server is still down…
+        until(Duration::from_secs(10), || w.runtime.containers().is_empty()).await;
+        // …and no new registration happens until it comes back.
+        until(Duration::from_secs(60), || w.state().phase == Phase::Registering).await;
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(w.market.registrations(), 1);
+        w.market.set_down(false);
+        until(Duration::from_secs(400), || w.market.registrations() == 2).await;
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_server_can_extend_or_cut_short_a_rental() {
+    let w = World::new(1);
+    let lc = w.lifecycle();
+    w.drive(&lc, async {
+        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+        let first = w.state().lease.unwrap().expiration;
+        let extended = first + chrono::Duration::seconds(2 * HOUR);
+        w.market.set_expiration(extended);
+        w.clock.sleep_until(first + chrono::Duration::seconds(60)).await;
+        assert_eq!(w.running().len(), 1, "an extended rental ended at its old time");
+        assert_eq!(w.state().lease.unwrap().expiration, extended);
+        // An expiration in the past ends the rental at the next heartbeat.
+        w.market.set_expiration(w.clock.now() - chrono::Duration::seconds(1));
+        let asked = w.clock.now();
+        until(Duration::from_secs(700), || w.runtime.containers().is_empty()).await;
+        assert!(w.clock.now() - asked <= chrono::Duration::seconds(601));
+        until(Duration::from_secs(5), || w.market.registrations() == 2).await;
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_resumes_a_live_rental_with_its_container() {
+    let w = World::new(24);
+    let lc = w.lifecycle();
+    w.drive(&lc, async {
+        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+    })
+    .await;
+    let before = w.state();
+    let lc = w.lifecycle();
+    w.drive(&lc, async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let after = w.state();
+    assert_eq!(w.market.registrations(), 1, "a restart must not re-register a live rental");
+    assert_eq!(after.container, before.container);
+    assert_eq!(after.phase, Phase::Serving);
+    assert_eq!(w.runtime.containers().len(), 1);
+    // The resumed governor checked in at once.
+    assert!(after.last_heartbeat.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_after_the_expiration_ends_the_rental_first() {
+    let w = World::new(1);
+    let lc = w.lifecycle();
+    w.drive(&lc, async {
+        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+    })
+    .await;
+    let storage = w.runtime.containers().values().next().unwrap().storage.clone();
+    // The governor was down across the expiration (power cut).
+    tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
+    assert_eq!(w.runtime.containers().len(), 1);
+    let lc = w.lifecycle();
+    w.drive(&lc, async {
+        until(Duration::from_secs(5), || w.market.registrations() == 2).await;
+        assert!(!storage.exists());
+        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+    })
+    .await;
+    let containers = w.runtime.containers();
+    assert_eq!(containers.len(), 1);
+    assert_eq!(containers.values().next().unwrap().login.as_ref().unwrap().0, "renter2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupted_wipe_finishes_before_any_registration() {
+    let w = World::new(24);
+    let mut state = State::new(DeviceId::parse(DEVICE).unwrap());
+    state.phase = Phase::Wiping;
+    let leftover = w.storage_root().join(&state.volume);
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("canary"), "previous renter").unwrap();
+    StateStore::new(&w.state_dir).save(&state).unwrap();
+    let lc = w.lifecycle();
+    let mut phases = lc.subscribe();
+    w.drive(&lc, async {
+        // The first phase published is the wipe; registration comes only after the volume is gone.
+        phases.changed().await.ok();
+        until(Duration::from_secs(5), || w.market.registrations() == 1).await;
+        assert!(!leftover.exists(), "registered before the wipe finished");
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn containers_the_state_does_not_own_are_removed_at_start() {
+    let w = World::new(24);
+    let orphan = |device: &str| FakeContainer {
+        device: device.into(),
+        image: IMAGE.into(),
+        storage: "/nonexistent".into(),
+        running: true,
+        login: None,
+    };
+    w.runtime.insert("orphan", orphan(DEVICE));
+    w.runtime.insert("other-device", orphan("000000000000000000000000"));
+    let lc = w.lifecycle();
+    w.drive(&lc, async {
+        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+    })
+    .await;
+    let containers = w.runtime.containers();
+    assert!(!containers.contains_key("orphan"));
+    assert!(containers.contains_key("other-device"), "another device's container was touched");
+    assert_eq!(containers.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_container_is_recreated_and_a_stopped_one_restarted() {
+    let w = World::new(24);
+    let lc = w.lifecycle();
+    w.drive(&lc, async {
+        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+        let first = w.state().container.unwrap();
+        w.runtime.stop_behind_our_back(&first);
+        tokio::time::sleep(Duration::from_secs(601)).await;
+        assert!(w.runtime.containers()[&first].running, "a stopped container was not restarted");
+        w.runtime.lose(&first);
+        until(Duration::from_secs(700), || {
+            w.state().container.is_some_and(|c| c != first) && w.state().phase == Phase::Serving
+        })
+        .await;
+        let c = w.running();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].1.login.as_ref().unwrap().0, "renter1", "the login survives without the password");
+        assert_eq!(w.market.registrations(), 1);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_failures_are_retried() {
+    let w = World::new(24);
+    w.runtime.fail_next(4);
+    let lc = w.lifecycle();
+    w.drive(&lc, async {
+        until(Duration::from_secs(60), || w.state().phase == Phase::Serving).await;
+    })
+    .await;
+    assert_eq!(w.runtime.containers().len(), 1);
+    assert!(w.runtime.calls().len() > 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_device_keeps_trying_without_a_container() {
+    let w = World::new(24);
+    w.market.set_unknown_device(true);
+    let lc = w.lifecycle();
+    w.drive(&lc, async {
+        tokio::time::sleep(Duration::from_secs(1800)).await;
+        assert_eq!(w.state().phase, Phase::Registering);
+        assert!(w.runtime.containers().is_empty());
+        w.market.set_unknown_device(false);
+        until(Duration::from_secs(400), || w.state().phase == Phase::Serving).await;
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_device_id_ends_the_old_rental_before_registering() {
+    let w = World::new(24);
+    let lc = w.lifecycle();
+    w.drive(&lc, async {
+        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+    })
+    .await;
+    let old = w.runtime.containers().values().next().unwrap().storage.clone();
+    let other = "0123456789abcdef01234567";
+    let lc = w.lifecycle_for(other);
+    w.drive(&lc, async {
+        until(Duration::from_secs(5), || w.market.registrations() == 2).await;
+        assert!(!old.exists(), "the old renter's data survived a device change");
+        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+    })
+    .await;
+    assert_eq!(w.state().device_id.as_str(), other);
+    let c = w.runtime.containers();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c.values().next().unwrap().device, other);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rental_that_cannot_be_provisioned_still_ends_on_time() {
+    let w = World::new(1);
+    // No image and no tarball: provisioning retries until the expiration ends the rental.
+    let w = World {
+        runtime: Arc::new(FakeRuntime::new()),
+        ..w
+    };
+    let lc = w.lifecycle();
+    w.drive(&lc, async {
+        until(Duration::from_secs(5), || w.state().phase == Phase::Provisioning).await;
+        until(Duration::from_secs(3700), || w.market.registrations() == 2).await;
+        assert!(w.runtime.containers().is_empty());
+    })
+    .await;
+}
