@@ -86,8 +86,6 @@ fn main() -> ExitCode {
 
 fn run(opts: RunOptions) -> ExitCode {
     logging::init();
-    // reqwest is built without a default TLS provider: ring keeps the binary small.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

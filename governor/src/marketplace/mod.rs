@@ -107,8 +107,16 @@ pub struct Marketplace {
 
 impl Marketplace {
     pub fn new(base: &Url, device: DeviceId) -> Result<Self, MarketplaceError> {
+        Self::with_timeout(base, device, CALL_TIMEOUT)
+    }
+
+    /// As `new`, with another per-call timeout.
+    pub fn with_timeout(base: &Url, device: DeviceId, timeout: Duration) -> Result<Self, MarketplaceError> {
+        // reqwest is built without a default TLS provider: ring keeps the binary small. Installing
+        // it again is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
-            .timeout(CALL_TIMEOUT)
+            .timeout(timeout)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("p2pvps-governor/", env!("CARGO_PKG_VERSION")))
             .build()
