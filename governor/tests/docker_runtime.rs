@@ -1,0 +1,133 @@
+//! The bollard runtime against this machine's real Docker engine and the locally built renter image
+//! (`scripts/test` builds it: image/renter/build).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cleanup, docker, random_device};
+use p2pvps_governor::runtime::{
+    ContainerRuntime as _, ContainerSpec, DockerRuntime, Limits, RuntimeError,
+};
+use p2pvps_governor::types::{PasswordHash, Secret, Username};
+
+const IMAGE: &str = "p2pvps/renter:latest";
+
+fn spec(name: &str, device: &str, storage: &std::path::Path) -> ContainerSpec {
+    ContainerSpec {
+        name: name.into(),
+        image: IMAGE.into(),
+        cmd: vec!["sleep".into(), "infinity".into()],
+        device: device.into(),
+        storage: storage.into(),
+        limits: Limits {
+            memory_bytes: 256 << 20,
+            nano_cpus: 1_500_000_000,
+            pids: 512,
+        },
+    }
+}
+
+fn inspect(name: &str, format: &str) -> String {
+    let (ok, out, err) = docker(&["inspect", "--format", format, name]);
+    assert!(ok, "docker inspect {name}: {err}");
+    out
+}
+
+#[tokio::test]
+async fn a_renter_container_is_confined_has_its_login_and_stops_fast() {
+    let rt = DockerRuntime::connect().await.expect("Docker engine reachable");
+    rt.ensure_image(IMAGE, None).await.expect("scripts/test builds the renter image");
+    let device = random_device();
+    let name = format!("p2pvps-test-{device}");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let storage = tempfile::tempdir().unwrap();
+    let id = rt.create(&spec(&name, &device, storage.path())).await.unwrap();
+    assert_eq!(rt.state(&id).await.unwrap(), Some(true));
+    assert_eq!(rt.list(&device).await.unwrap(), vec![id.clone()]);
+
+    // Confinement: not privileged, no published port, no Docker socket, limits set, an init.
+    assert_eq!(inspect(&name, "{{.HostConfig.Privileged}}"), "false");
+    let ports = inspect(&name, "{{json .HostConfig.PortBindings}}");
+    assert!(ports == "null" || ports == "{}", "published ports: {ports}");
+    assert_eq!(inspect(&name, "{{.HostConfig.PublishAllPorts}}"), "false");
+    assert_eq!(inspect(&name, "{{.HostConfig.Memory}}"), (256u64 << 20).to_string());
+    assert_eq!(inspect(&name, "{{.HostConfig.NanoCpus}}"), "1500000000");
+    assert_eq!(inspect(&name, "{{.HostConfig.PidsLimit}}"), "512");
+    assert_eq!(inspect(&name, "{{.HostConfig.Init}}"), "true");
+    let mounts = inspect(&name, "{{json .Mounts}}");
+    assert!(!mounts.contains("docker.sock"), "{mounts}");
+    assert!(mounts.contains("/media/storage"), "{mounts}");
+    assert_eq!(inspect(&name, "{{index .Config.Labels \"io.p2pvps.device\"}}"), device);
+    let env = inspect(&name, "{{json .Config.Env}}");
+
+    // The login: exists, in sudo, the shadow entry is our hash, and it owns the storage.
+    let password = Secret::password("Xy7pQ2mN0a").unwrap();
+    let hash = PasswordHash::of(&password);
+    let user = Username::parse("aB3xY9zQ1k").unwrap();
+    rt.add_login(&id, &user, &hash).await.unwrap();
+    let (ok, groups, err) = docker(&["exec", &name, "id", "-nG", "aB3xY9zQ1k"]);
+    assert!(ok, "{err}");
+    assert!(groups.split_whitespace().any(|g| g == "sudo"), "{groups}");
+    let (_, shadow, _) = docker(&["exec", &name, "getent", "shadow", "aB3xY9zQ1k"]);
+    assert_eq!(shadow.split(':').nth(1), Some(hash.as_str()));
+    let (ok, _, err) = docker(&["exec", "-u", "aB3xY9zQ1k", &name, "sh", "-c", "echo hi > /media/storage/f"]);
+    assert!(ok, "renter cannot write its storage: {err}");
+    assert_eq!(std::fs::read_to_string(storage.path().join("f")).unwrap(), "hi\n");
+    // The password is nowhere in the container's config or environment.
+    assert!(!env.contains("Xy7pQ2mN0a") && !inspect(&name, "{{json .}}").contains("Xy7pQ2mN0a"));
+
+    // A second useradd of the same name fails and says why.
+    let e = rt.add_login(&id, &user, &hash).await.unwrap_err();
+    assert!(matches!(&e, RuntimeError::Exec { stderr, .. } if stderr.contains("already exists")), "{e}");
+
+    let started = Instant::now();
+    rt.remove(&id, Duration::from_secs(3)).await.unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "stop waited for the kill: {took:?}");
+    assert_eq!(rt.state(&id).await.unwrap(), None);
+    assert!(rt.list(&device).await.unwrap().is_empty());
+    rt.remove(&id, Duration::from_secs(3)).await.expect("removing a gone container is fine");
+}
+
+#[tokio::test]
+async fn a_stopped_container_is_seen_and_restarted() {
+    let rt = DockerRuntime::connect().await.unwrap();
+    let device = random_device();
+    let name = format!("p2pvps-test-{device}");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let storage = tempfile::tempdir().unwrap();
+    let id = rt.create(&spec(&name, &device, storage.path())).await.unwrap();
+    let (ok, _, err) = docker(&["stop", "-t", "1", &name]);
+    assert!(ok, "{err}");
+    assert_eq!(rt.state(&id).await.unwrap(), Some(false));
+    rt.start(&id).await.unwrap();
+    assert_eq!(rt.state(&id).await.unwrap(), Some(true));
+}
+
+#[tokio::test]
+async fn an_absent_image_is_imported_from_a_tarball() {
+    let rt = DockerRuntime::connect().await.unwrap();
+    let tag = format!("p2pvps/import-test:{}", random_device());
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/marker"), "imported").unwrap();
+    let tar = tmp.path().join("rootfs.tar");
+    let status = std::process::Command::new("tar")
+        .args(["-cf", tar.to_str().unwrap(), "-C", root.to_str().unwrap(), "."])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let e = rt.ensure_image(&tag, None).await.unwrap_err();
+    assert!(e.to_string().contains("no renterImageTar"), "{e}");
+    let missing = tmp.path().join("missing.tar");
+    let e = rt.ensure_image(&tag, Some(&missing)).await.unwrap_err();
+    assert!(matches!(e, RuntimeError::ImageTar { .. }), "{e}");
+
+    rt.ensure_image(&tag, Some(&tar)).await.unwrap();
+    let (ok, _, err) = docker(&["image", "inspect", &tag]);
+    let _ = docker(&["rmi", &tag]);
+    assert!(ok, "imported image not found: {err}");
+}
