@@ -1,0 +1,192 @@
+//! Rental-cycle figures on the real Docker engine (run through `scripts/bench-governor`):
+//! expiry -> container gone, against the floor of a bare `docker rm -f` of the same container;
+//! expiry -> re-registered with a new container running; the governor's RSS after idle serving
+//! with a heartbeat every second. Settings: P2PVPS_BENCH_CYCLES (5), P2PVPS_BENCH_IDLE_SECS (600).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use p2pvps_devserver::{Options, Running, spawn};
+
+const BIN: &str = env!("CARGO_BIN_EXE_p2pvps-governor");
+const LEASE: Duration = Duration::from_secs(6);
+
+fn env_num(key: &str, default: u64) -> u64 {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn device() -> String {
+    (0..3).map(|_| format!("{:08x}", rand::random::<u32>())).collect()
+}
+
+fn docker(args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker").args(args).output().expect("docker CLI");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn container_id(name: &str) -> Option<String> {
+    let (ok, out) = docker(&["inspect", "--format", "{{.Id}} {{.State.Running}}", name]);
+    let mut parts = out.split(' ');
+    match (ok, parts.next(), parts.next()) {
+        (true, Some(id), Some("true")) => Some(id.to_owned()),
+        _ => None,
+    }
+}
+
+async fn admin(base: &str, id: &str) -> serde_json::Value {
+    let all: serde_json::Value = reqwest::get(format!("{base}/admin/devices")).await.unwrap().json().await.unwrap();
+    all.as_array().unwrap().iter().find(|d| d["id"] == id).cloned().unwrap()
+}
+
+fn phase(state: &Path) -> String {
+    let out = Command::new(BIN).args(["status", "--json", "--state-dir"]).arg(state).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["phase"].as_str().unwrap_or("").to_owned()
+}
+
+struct Governor(Child);
+impl Drop for Governor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn governor(dir: &Path, base: &str, id: &str, name: &str, heartbeat: u64) -> Governor {
+    let config = dir.join("device-config.json");
+    std::fs::write(
+        &config,
+        format!(r#"{{"deviceId": "{id}", "serverUrl": "{base}", "storageDevice": "none", "heartbeatSeconds": {heartbeat}, "led": "none"}}"#),
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--container-name", name])
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Governor(child)
+}
+
+async fn devserver(id: &str, lease: Duration) -> Running {
+    spawn("127.0.0.1:0".parse().unwrap(), Options { devices: vec![id.to_owned()], lease, ..Options::default() })
+        .await
+        .unwrap()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn summary(label: &str, v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let median = v[v.len() / 2];
+    println!("{label:<44} median {median:8.1} ms   min {:8.1}   max {:8.1}   (n={})", v[0], v[v.len() - 1], v.len());
+    median
+}
+
+/// The floor: create a renter container like the governor does and time `docker rm -f` on it.
+fn bare_removal() -> f64 {
+    let name = format!("p2pvps-bench-floor-{}", device());
+    let (ok, _) = docker(&["run", "-d", "--init", "--name", &name, "p2pvps/renter:latest", "sleep", "infinity"]);
+    assert!(ok, "the renter image is needed: scripts/test builds it");
+    let t = Instant::now();
+    assert!(docker(&["rm", "-f", &name]).0);
+    ms(t.elapsed())
+}
+
+async fn cycles(n: u64) {
+    let id = device();
+    let name = format!("p2pvps-bench-{id}");
+    let server = devserver(&id, LEASE).await;
+    let base = server.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let _g = governor(tmp.path(), &base, &id, &name, 60);
+    let (mut gone, mut ready, mut floor) = (vec![], vec![], vec![]);
+    let mut current = loop {
+        if let Some(c) = container_id(&name) && phase(&tmp.path().join("state")) == "serving" {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for cycle in 1..=n {
+        let d = admin(&base, &id).await;
+        let regs = d["registrations"].as_u64().unwrap();
+        let exp: DateTime<Utc> = d["lease"]["expiration"].as_str().unwrap().parse().unwrap();
+        // Poll every 10 ms from just before the expiration.
+        let wait = (exp - Utc::now()).to_std().unwrap_or_default().saturating_sub(Duration::from_millis(200));
+        tokio::time::sleep(wait).await;
+        loop {
+            if container_id(&name).as_deref() != Some(current.as_str()) {
+                gone.push(ms((Utc::now() - exp).to_std().unwrap_or_default()));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        loop {
+            let fresh = container_id(&name).filter(|c| *c != current);
+            if let Some(c) = fresh
+                && admin(&base, &id).await["registrations"].as_u64() == Some(regs + 1)
+                && phase(&tmp.path().join("state")) == "serving"
+            {
+                ready.push(ms((Utc::now() - exp).to_std().unwrap_or_default()));
+                current = c;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        floor.push(bare_removal());
+        eprintln!("cycle {cycle}/{n} done");
+    }
+    let _ = docker(&["rm", "-f", &name]);
+    server.stop().await;
+    let g = summary("expiry -> renter container gone", &mut gone);
+    let f = summary("baseline: bare `docker rm -f` of a renter", &mut floor);
+    summary("expiry -> re-registered, new container up", &mut ready);
+    println!("{:<44} {:.2}x the bare removal (poll resolution 10 ms)", "expiry -> gone / baseline", g / f);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+async fn idle_rss(secs: u64) {
+    let id = device();
+    let name = format!("p2pvps-bench-idle-{id}");
+    let server = devserver(&id, Duration::from_secs(86_400)).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let g = governor(tmp.path(), &server.url(), &id, &name, 1);
+    while phase(&tmp.path().join("state")) != "serving" {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let start = rss_kib(g.0.id());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let end = rss_kib(g.0.id());
+    let checkins = admin(&server.url(), &id).await["checkins"].as_u64().unwrap();
+    drop(g);
+    let _ = docker(&["rm", "-f", &name]);
+    server.stop().await;
+    println!("{:<44} {:.1} MiB at start, {:.1} MiB after {secs} s ({checkins} heartbeats at 1 s); target <= 10 MiB",
+        "governor RSS while serving", start as f64 / 1024.0, end as f64 / 1024.0);
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // `cargo bench` passes --bench; nothing else is accepted.
+    let size = std::fs::metadata(BIN).unwrap().len();
+    println!("{:<44} {:.2} MiB ({BIN})", "governor binary size", size as f64 / 1_048_576.0);
+    cycles(env_num("P2PVPS_BENCH_CYCLES", 5)).await;
+    idle_rss(env_num("P2PVPS_BENCH_IDLE_SECS", 600)).await;
+}
