@@ -2,6 +2,7 @@
 //! expiry -> container gone, against the floor of a bare `docker rm -f` of the same container;
 //! expiry -> re-registered with a new container running; the governor's RSS after idle serving
 //! with a heartbeat every second. Settings: P2PVPS_BENCH_CYCLES (5), P2PVPS_BENCH_IDLE_SECS (600).
+#![allow(clippy::cast_precision_loss)] // byte counts shown in MiB
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -14,16 +15,26 @@ const BIN: &str = env!("CARGO_BIN_EXE_p2pvps-governor");
 const LEASE: Duration = Duration::from_secs(6);
 
 fn env_num(key: &str, default: u64) -> u64 {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn device() -> String {
-    (0..3).map(|_| format!("{:08x}", rand::random::<u32>())).collect()
+    let [a, b, c] = rand::random::<[u32; 3]>();
+    format!("{a:08x}{b:08x}{c:08x}")
 }
 
 fn docker(args: &[&str]) -> (bool, String) {
-    let out = Command::new("docker").args(args).output().expect("docker CLI");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    )
 }
 
 fn container_id(name: &str) -> Option<String> {
@@ -36,12 +47,26 @@ fn container_id(name: &str) -> Option<String> {
 }
 
 async fn admin(base: &str, id: &str) -> serde_json::Value {
-    let all: serde_json::Value = reqwest::get(format!("{base}/admin/devices")).await.unwrap().json().await.unwrap();
-    all.as_array().unwrap().iter().find(|d| d["id"] == id).cloned().unwrap()
+    let all: serde_json::Value = reqwest::get(format!("{base}/admin/devices"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id)
+        .cloned()
+        .unwrap()
 }
 
 fn phase(state: &Path) -> String {
-    let out = Command::new(BIN).args(["status", "--json", "--state-dir"]).arg(state).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--state-dir"])
+        .arg(state)
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v["phase"].as_str().unwrap_or("").to_owned()
 }
@@ -75,9 +100,16 @@ fn governor(dir: &Path, base: &str, id: &str, name: &str, heartbeat: u64) -> Gov
 }
 
 async fn devserver(id: &str, lease: Duration) -> Running {
-    spawn("127.0.0.1:0".parse().unwrap(), Options { devices: vec![id.to_owned()], lease, ..Options::default() })
-        .await
-        .unwrap()
+    spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        Options {
+            devices: vec![id.to_owned()],
+            lease,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -87,14 +119,28 @@ fn ms(d: Duration) -> f64 {
 fn summary(label: &str, v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let median = v[v.len() / 2];
-    println!("{label:<44} median {median:8.1} ms   min {:8.1}   max {:8.1}   (n={})", v[0], v[v.len() - 1], v.len());
+    println!(
+        "{label:<44} median {median:8.1} ms   min {:8.1}   max {:8.1}   (n={})",
+        v[0],
+        v[v.len() - 1],
+        v.len()
+    );
     median
 }
 
 /// The floor: create a renter container like the governor does and time `docker rm -f` on it.
 fn bare_removal() -> f64 {
     let name = format!("p2pvps-bench-floor-{}", device());
-    let (ok, _) = docker(&["run", "-d", "--init", "--name", &name, "p2pvps/renter:latest", "sleep", "infinity"]);
+    let (ok, _) = docker(&[
+        "run",
+        "-d",
+        "--init",
+        "--name",
+        &name,
+        "p2pvps/renter:latest",
+        "sleep",
+        "infinity",
+    ]);
     assert!(ok, "the renter image is needed: scripts/test builds it");
     let t = Instant::now();
     assert!(docker(&["rm", "-f", &name]).0);
@@ -110,7 +156,9 @@ async fn cycles(n: u64) {
     let _g = governor(tmp.path(), &base, &id, &name, 60);
     let (mut gone, mut ready, mut floor) = (vec![], vec![], vec![]);
     let mut current = loop {
-        if let Some(c) = container_id(&name) && phase(&tmp.path().join("state")) == "serving" {
+        if let Some(c) = container_id(&name)
+            && phase(&tmp.path().join("state")) == "serving"
+        {
             break c;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -120,7 +168,10 @@ async fn cycles(n: u64) {
         let regs = d["registrations"].as_u64().unwrap();
         let exp: DateTime<Utc> = d["lease"]["expiration"].as_str().unwrap().parse().unwrap();
         // Poll every 10 ms from just before the expiration.
-        let wait = (exp - Utc::now()).to_std().unwrap_or_default().saturating_sub(Duration::from_millis(200));
+        let wait = (exp - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .saturating_sub(Duration::from_millis(200));
         tokio::time::sleep(wait).await;
         loop {
             if container_id(&name).as_deref() != Some(current.as_str()) {
@@ -149,7 +200,11 @@ async fn cycles(n: u64) {
     let g = summary("expiry -> renter container gone", &mut gone);
     let f = summary("baseline: bare `docker rm -f` of a renter", &mut floor);
     summary("expiry -> re-registered, new container up", &mut ready);
-    println!("{:<44} {:.2}x the bare removal (poll resolution 10 ms)", "expiry -> gone / baseline", g / f);
+    println!(
+        "{:<44} {:.2}x the bare removal (poll resolution 10 ms)",
+        "expiry -> gone / baseline",
+        g / f
+    );
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -164,7 +219,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn idle_rss(secs: u64) {
     let id = device();
     let name = format!("p2pvps-bench-idle-{id}");
-    let server = devserver(&id, Duration::from_secs(86_400)).await;
+    let server = devserver(&id, Duration::from_hours(24)).await;
     let tmp = tempfile::tempdir().unwrap();
     let g = governor(tmp.path(), &server.url(), &id, &name, 1);
     while phase(&tmp.path().join("state")) != "serving" {
@@ -173,12 +228,18 @@ async fn idle_rss(secs: u64) {
     let start = rss_kib(g.0.id());
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let end = rss_kib(g.0.id());
-    let checkins = admin(&server.url(), &id).await["checkins"].as_u64().unwrap();
+    let checkins = admin(&server.url(), &id).await["checkins"]
+        .as_u64()
+        .unwrap();
     drop(g);
     let _ = docker(&["rm", "-f", &name]);
     server.stop().await;
-    println!("{:<44} {:.1} MiB at start, {:.1} MiB after {secs} s ({checkins} heartbeats at 1 s); target <= 10 MiB",
-        "governor RSS while serving", start as f64 / 1024.0, end as f64 / 1024.0);
+    println!(
+        "{:<44} {:.1} MiB at start, {:.1} MiB after {secs} s ({checkins} heartbeats at 1 s); target <= 10 MiB",
+        "governor RSS while serving",
+        start as f64 / 1024.0,
+        end as f64 / 1024.0
+    );
 }
 
 #[tokio::main]
@@ -186,7 +247,11 @@ async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // `cargo bench` passes --bench; nothing else is accepted.
     let size = std::fs::metadata(BIN).unwrap().len();
-    println!("{:<44} {:.2} MiB ({BIN})", "governor binary size", size as f64 / 1_048_576.0);
+    println!(
+        "{:<44} {:.2} MiB ({BIN})",
+        "governor binary size",
+        size as f64 / 1_048_576.0
+    );
     cycles(env_num("P2PVPS_BENCH_CYCLES", 5)).await;
     idle_rss(env_num("P2PVPS_BENCH_IDLE_SECS", 600)).await;
 }

@@ -80,7 +80,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn sleep_until_wakes_at_the_instant() {
-        let origin = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().to_utc();
+        let origin = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
         let clock = TokioClock::starting_at(origin);
         let target = origin + chrono::Duration::seconds(3600);
         clock.sleep_until(target).await;

@@ -45,7 +45,9 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: the file is empty; write at least {{\"deviceId\": \"<24 hex digits>\", \"serverUrl\": \"http://host:port\"}}")]
+    #[error(
+        "{path}: the file is empty; write at least {{\"deviceId\": \"<24 hex digits>\", \"serverUrl\": \"http://host:port\"}}"
+    )]
     Empty { path: PathBuf },
     #[error("{path}: not valid JSON ({detail}); check quotes, commas and braces")]
     NotJson { path: PathBuf, detail: String },
@@ -152,15 +154,25 @@ impl DeviceConfig {
 
     /// A normalised, secret-free summary, one `key: value` per line (for `check-config`).
     pub fn summary(&self) -> String {
+        use fmt::Write as _;
         let mut out = String::new();
-        let mut line = |k: &str, v: &dyn fmt::Display| out.push_str(&format!("{k:<16} {v}\n"));
+        let mut line = |k: &str, v: &dyn fmt::Display| {
+            let _ = writeln!(out, "{k:<16} {v}");
+        };
         line("deviceId", &self.device_id);
         line("serverUrl", &self.server_url.as_str().trim_end_matches('/'));
-        line("sshServer", &format!("{}:{}", self.ssh_server, self.ssh_server_port));
+        line(
+            "sshServer",
+            &format!("{}:{}", self.ssh_server, self.ssh_server_port),
+        );
         line("sshUser", &self.ssh_user);
         line(
             "sshPassword",
-            &if self.ssh_password.is_some() { "(set)" } else { "(none)" },
+            &if self.ssh_password.is_some() {
+                "(set)"
+            } else {
+                "(none)"
+            },
         );
         line(
             "sshHostKey",
@@ -194,13 +206,15 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    #[allow(clippy::too_many_lines)] // one key after another, in the file's order, reads best whole
     fn config(&self) -> Result<DeviceConfig, ConfigError> {
         for key in self.map.keys() {
             if !KEYS.contains(&key.as_str()) {
                 return Err(ConfigError::UnknownKey {
                     path: self.path.to_owned(),
                     key: shorten(key),
-                    hint: closest_key(key).map_or_else(String::new, |k| format!(" (did you mean {k:?}?)")),
+                    hint: closest_key(key)
+                        .map_or_else(String::new, |k| format!(" (did you mean {k:?}?)")),
                 });
             }
         }
@@ -243,7 +257,11 @@ impl Reader<'_> {
             .transpose()?;
         let ssh_host_key = self
             .string("sshHostKey")?
-            .map(|k| check_fingerprint(&k).map(|()| k).map_err(|r| self.invalid("sshHostKey", r)))
+            .map(|k| {
+                check_fingerprint(&k)
+                    .map(|()| k)
+                    .map_err(|r| self.invalid("sshHostKey", r))
+            })
             .transpose()?;
         let heartbeat_seconds = match self.map.get("heartbeatSeconds") {
             None => DEFAULT_HEARTBEAT_SECONDS,
@@ -289,7 +307,10 @@ impl Reader<'_> {
             Some(i) => {
                 return Err(self.invalid(
                     "renterImage",
-                    format!("{:?} is not a Docker image reference such as \"p2pvps/renter:latest\"", shorten(&i)),
+                    format!(
+                        "{:?} is not a Docker image reference such as \"p2pvps/renter:latest\"",
+                        shorten(&i)
+                    ),
                 ));
             }
             None => DEFAULT_RENTER_IMAGE.to_owned(),
@@ -353,13 +374,19 @@ impl Reader<'_> {
         let url = Url::parse(&text).map_err(|e| {
             self.invalid(
                 "serverUrl",
-                format!("{:?} is not a URL ({e}); write it like \"http://p2pvps.net:5000\"", shorten(&text)),
+                format!(
+                    "{:?} is not a URL ({e}); write it like \"http://p2pvps.net:5000\"",
+                    shorten(&text)
+                ),
             )
         })?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(self.invalid(
                 "serverUrl",
-                format!("{:?} must be an http:// or https:// address with a host", shorten(&text)),
+                format!(
+                    "{:?} must be an http:// or https:// address with a host",
+                    shorten(&text)
+                ),
             ));
         }
         if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
@@ -412,12 +439,9 @@ impl Reader<'_> {
         let Some(v) = self.map.get(key) else {
             return Ok(None);
         };
-        let n = number(v).ok_or_else(|| {
-            self.invalid(key, format!("must be a port number 1-65535, got {v}"))
-        })?;
-        Port::new(n)
-            .map(Some)
-            .map_err(|e| self.invalid(key, e.0))
+        let n = number(v)
+            .ok_or_else(|| self.invalid(key, format!("must be a port number 1-65535, got {v}")))?;
+        Port::new(n).map(Some).map_err(|e| self.invalid(key, e.0))
     }
 
     fn invalid(&self, key: &'static str, reason: String) -> ConfigError {
@@ -466,7 +490,10 @@ fn check_host(host: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{:?} is not a host name or IP address", shorten(host)))
+        Err(format!(
+            "{:?} is not a host name or IP address",
+            shorten(host)
+        ))
     }
 }
 
@@ -498,14 +525,21 @@ fn is_image_ref(s: &str) -> bool {
     s.len() <= 255
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_' | b'/' | b':' | b'@')
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(b, b'.' | b'-' | b'_' | b'/' | b':' | b'@')
         })
 }
 
 /// The known key nearest to a misspelt one (case or up to two edits), for the error's hint.
 fn closest_key(key: &str) -> Option<&'static str> {
     KEYS.iter()
-        .map(|k| (edit_distance(&key.to_ascii_lowercase(), &k.to_ascii_lowercase()), *k))
+        .map(|k| {
+            (
+                edit_distance(&key.to_ascii_lowercase(), &k.to_ascii_lowercase()),
+                *k,
+            )
+        })
         .filter(|(d, _)| *d <= 2)
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
@@ -541,7 +575,10 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_defaults() {
-        let c = parse(&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://p2pvps.net:5000"}}"#)).unwrap();
+        let c = parse(&format!(
+            r#"{{"deviceId": "{ID}", "serverUrl": "http://p2pvps.net:5000"}}"#
+        ))
+        .unwrap();
         assert_eq!(c.device_id.as_str(), ID);
         assert_eq!(c.server_url.as_str(), "http://p2pvps.net:5000/");
         assert_eq!(c.ssh_server, "p2pvps.net");
@@ -580,8 +617,14 @@ mod tests {
         assert_eq!(c.storage_device, StorageDevice::None);
         assert!(!c.encrypt_storage);
         assert_eq!(c.led, Led::Gpio(17));
-        assert_eq!(c.renter_image_tar.as_deref(), Some(Path::new("/opt/renter.tar")));
-        assert!(!c.summary().contains("pw\n"), "summary must not show the password");
+        assert_eq!(
+            c.renter_image_tar.as_deref(),
+            Some(Path::new("/opt/renter.tar"))
+        );
+        assert!(
+            !c.summary().contains("pw\n"),
+            "summary must not show the password"
+        );
         assert!(c.summary().contains("sshPassword      (set)"));
     }
 
@@ -593,32 +636,113 @@ mod tests {
             ("{\"deviceId\": ", "not valid JSON"),
             ("[1,2]", "must hold one JSON object"),
             ("{}", "missing key \"deviceId\""),
-            (r#"{"deviceId": "abc", "serverUrl": "http://x"}"#, "key \"deviceId\": must be exactly 24 hex digits"),
-            (r#"{"deviceId": 5, "serverUrl": "http://x"}"#, "key \"deviceId\": must be a string in quotes, got a number"),
-            (&format!(r#"{{"deviceId": "{ID}"}}"#), "missing key \"serverUrl\""),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": "ftp://x"}}"#), "key \"serverUrl\": \"ftp://x\" must be an http://"),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": "not a url"}}"#), "key \"serverUrl\": \"not a url\" is not a URL"),
-            (&format!(r#"{{"deviceId": "{ID}", "serverIp": "p2pvps.net"}}"#), "missing key \"serverPort\""),
-            (&format!(r#"{{"deviceId": "{ID}", "serverIp": "h", "serverPort": 70000}}"#), "key \"serverPort\": port must be 1-65535, got 70000"),
-            (&format!(r#"{{"deviceId": "{ID}", "serverIp": "h", "serverPort": "http"}}"#), "key \"serverPort\": must be a port number"),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "sshServerPort": 0}}"#), "key \"sshServerPort\": port must be 1-65535, got 0"),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "serverIp": "y"}}"#), "not both"),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "devicId": "y"}}"#), "unknown key \"devicId\" (did you mean \"deviceId\"?)"),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "colour": "y"}}"#), "unknown key \"colour\"; remove it"),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "heartbeatSeconds": 0}}"#), "key \"heartbeatSeconds\": must be a whole number"),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "encryptStorage": "yes"}}"#), "key \"encryptStorage\": must be true or false"),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "storageDevice": "sda"}}"#), "key \"storageDevice\": must be \"auto\""),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "led": 99}}"#), "key \"led\": must be a BCM GPIO number"),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "sshHostKey": "MD5:aa"}}"#), "key \"sshHostKey\": must be a fingerprint"),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "sshServer": "a;b"}}"#), "key \"sshServer\": \"a;b\" is not a host name"),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "sshUser": "-o"}}"#), "key \"sshUser\": \"-o\" is not a valid login name"),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "renterImage": "Bad Image"}}"#), "key \"renterImage\""),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "renterImageTar": "rel.tar"}}"#), "key \"renterImageTar\": must be an absolute path"),
-            (&format!(r#"{{"deviceId": "{ID}", "serverUrl": " "}}"#), "key \"serverUrl\": is empty"),
+            (
+                r#"{"deviceId": "abc", "serverUrl": "http://x"}"#,
+                "key \"deviceId\": must be exactly 24 hex digits",
+            ),
+            (
+                r#"{"deviceId": 5, "serverUrl": "http://x"}"#,
+                "key \"deviceId\": must be a string in quotes, got a number",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}"}}"#),
+                "missing key \"serverUrl\"",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverUrl": "ftp://x"}}"#),
+                "key \"serverUrl\": \"ftp://x\" must be an http://",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverUrl": "not a url"}}"#),
+                "key \"serverUrl\": \"not a url\" is not a URL",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverIp": "p2pvps.net"}}"#),
+                "missing key \"serverPort\"",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverIp": "h", "serverPort": 70000}}"#),
+                "key \"serverPort\": port must be 1-65535, got 70000",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverIp": "h", "serverPort": "http"}}"#),
+                "key \"serverPort\": must be a port number",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "sshServerPort": 0}}"#),
+                "key \"sshServerPort\": port must be 1-65535, got 0",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "serverIp": "y"}}"#),
+                "not both",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "devicId": "y"}}"#),
+                "unknown key \"devicId\" (did you mean \"deviceId\"?)",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "colour": "y"}}"#),
+                "unknown key \"colour\"; remove it",
+            ),
+            (
+                &format!(
+                    r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "heartbeatSeconds": 0}}"#
+                ),
+                "key \"heartbeatSeconds\": must be a whole number",
+            ),
+            (
+                &format!(
+                    r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "encryptStorage": "yes"}}"#
+                ),
+                "key \"encryptStorage\": must be true or false",
+            ),
+            (
+                &format!(
+                    r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "storageDevice": "sda"}}"#
+                ),
+                "key \"storageDevice\": must be \"auto\"",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "led": 99}}"#),
+                "key \"led\": must be a BCM GPIO number",
+            ),
+            (
+                &format!(
+                    r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "sshHostKey": "MD5:aa"}}"#
+                ),
+                "key \"sshHostKey\": must be a fingerprint",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "sshServer": "a;b"}}"#),
+                "key \"sshServer\": \"a;b\" is not a host name",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "sshUser": "-o"}}"#),
+                "key \"sshUser\": \"-o\" is not a valid login name",
+            ),
+            (
+                &format!(
+                    r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "renterImage": "Bad Image"}}"#
+                ),
+                "key \"renterImage\"",
+            ),
+            (
+                &format!(
+                    r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "renterImageTar": "rel.tar"}}"#
+                ),
+                "key \"renterImageTar\": must be an absolute path",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverUrl": " "}}"#),
+                "key \"serverUrl\": is empty",
+            ),
         ];
         for (text, want) in cases {
             let got = err(text);
-            assert!(got.contains(want), "input {text:?}\n  got:  {got}\n  want: …{want}…");
+            assert!(
+                got.contains(want),
+                "input {text:?}\n  got:  {got}\n  want: …{want}…"
+            );
             assert!(got.starts_with("device-config.json: "), "{got}");
             assert!(!got.contains('\n'), "one line: {got}");
         }
@@ -626,12 +750,21 @@ mod tests {
 
     #[test]
     fn byte_order_mark_is_tolerated() {
-        assert!(parse(&format!("\u{feff}{{\"deviceId\": \"{ID}\", \"serverUrl\": \"http://x\"}}")).is_ok());
+        assert!(
+            parse(&format!(
+                "\u{feff}{{\"deviceId\": \"{ID}\", \"serverUrl\": \"http://x\"}}"
+            ))
+            .is_ok()
+        );
     }
 
     #[test]
     fn unreadable_file_names_the_path() {
         let e = DeviceConfig::load(Path::new("/nonexistent/device-config.json")).unwrap_err();
-        assert!(e.to_string().starts_with("/nonexistent/device-config.json: cannot read"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/device-config.json: cannot read"),
+            "{e}"
+        );
     }
 }

@@ -55,10 +55,10 @@ impl Settings {
     pub fn new(device: DeviceId, specs: Specs, limits: Limits) -> Self {
         Self {
             device,
-            heartbeat: Duration::from_secs(600),
+            heartbeat: Duration::from_mins(10),
             stop_grace: Duration::from_secs(3),
             retry_base: Duration::from_secs(1),
-            retry_cap: Duration::from_secs(300),
+            retry_cap: Duration::from_mins(5),
             container_name: "p2pvps-renter".into(),
             image: crate::config::DEFAULT_RENTER_IMAGE.into(),
             image_tar: None,
@@ -92,7 +92,14 @@ where
     S: Storage,
     C: Clock,
 {
-    pub fn new(market: M, runtime: R, storage: S, clock: C, store: StateStore, settings: Settings) -> Self {
+    pub fn new(
+        market: M,
+        runtime: R,
+        storage: S,
+        clock: C,
+        store: StateStore,
+        settings: Settings,
+    ) -> Self {
         Self {
             market,
             runtime,
@@ -142,17 +149,14 @@ where
     /// Load the saved state (or start afresh) and clear containers the state does not own.
     async fn resume(&self) -> Result<State, LifecycleError> {
         let device = &self.settings.device;
-        let mut state = match self.store.load()? {
-            Some(s) => {
-                info!(phase = s.phase.as_str(), "resuming");
-                s
-            }
-            None => {
-                info!(%device, "first start");
-                let s = State::new(device.clone());
-                self.store.save(&s)?;
-                s
-            }
+        let mut state = if let Some(s) = self.store.load()? {
+            info!(phase = s.phase.as_str(), "resuming");
+            s
+        } else {
+            info!(%device, "first start");
+            let s = State::new(device.clone());
+            self.store.save(&s)?;
+            s
         };
         if state.device_id != *device {
             warn!(old = %state.device_id, new = %device, "device id changed; ending the old rental first");
@@ -163,7 +167,10 @@ where
             self.store.save(&state)?;
         }
         if matches!(state.phase, Phase::Provisioning | Phase::Serving) && state.lease.is_none() {
-            warn!(phase = state.phase.as_str(), "state has no lease for this phase; ending it");
+            warn!(
+                phase = state.phase.as_str(),
+                "state has no lease for this phase; ending it"
+            );
             state.phase = Phase::Expired;
             self.store.save(&state)?;
         }
@@ -246,8 +253,10 @@ where
         if let Some(old) = state.container.clone() {
             // A container from an interrupted provisioning may hold a half-made login.
             info!(container = %old, "replacing the renter container");
-            self.retry("remove container", || self.runtime.remove(&old, s.stop_grace))
-                .await;
+            self.retry("remove container", || {
+                self.runtime.remove(&old, s.stop_grace)
+            })
+            .await;
             state.container = None;
             self.store.save(state)?;
         }
@@ -272,11 +281,17 @@ where
             storage,
             limits: s.limits,
         };
-        let id = self.retry("create container", || self.runtime.create(&spec)).await;
+        let id = self
+            .retry("create container", || self.runtime.create(&spec))
+            .await;
         state.container = Some(id.clone());
         self.store.save(state)?;
         let l = lease(state);
-        if let Err(e) = self.runtime.add_login(&id, &l.username, &l.password_hash).await {
+        if let Err(e) = self
+            .runtime
+            .add_login(&id, &l.username, &l.password_hash)
+            .await
+        {
             // Start over from a fresh container after a pause; the saved id is removed first.
             error!(error = %e, "cannot create the renter's login");
             self.clock.sleep(s.retry_base * 5).await;
@@ -288,7 +303,10 @@ where
 
     async fn serve(&self, state: &mut State) -> Result<(), LifecycleError> {
         let hb = self.settings.heartbeat;
-        let mut backoff = Backoff::new(self.settings.retry_base.max(Duration::from_secs(1)), self.settings.retry_cap.min(hb));
+        let mut backoff = Backoff::new(
+            self.settings.retry_base.max(Duration::from_secs(1)),
+            self.settings.retry_cap.min(hb),
+        );
         // Check in at once: it confirms the new container to the marketplace, and after a restart
         // it picks up an expiration that changed while the governor was down.
         let mut delay = Duration::ZERO;

@@ -10,7 +10,8 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 const DEFAULT_FILTER: &str = "info,hyper=warn,h2=warn,reqwest=warn,bollard=warn,rustls=warn";
 
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // Started by systemd, or on a systemd machine without a terminal to read stderr.
     let systemd = std::env::var_os("JOURNAL_STREAM").is_some()
         || (std::path::Path::new("/run/systemd/journal/socket").exists()

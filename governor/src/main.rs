@@ -12,7 +12,10 @@ use p2pvps_governor::{EXIT_CONFIG, logging, status};
 const DEFAULT_STATE_DIR: &str = "/var/lib/p2pvps";
 
 #[derive(Parser)]
-#[command(version, about = "P2P VPS governor: rents this device out as a virtual private server")]
+#[command(
+    version,
+    about = "P2P VPS governor: rents this device out as a virtual private server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,7 +61,10 @@ fn main() -> ExitCode {
         }),
         Command::Status { state_dir, json } => match status::load(&StateStore::new(state_dir)) {
             Ok(view) if json => {
-                println!("{}", serde_json::to_string_pretty(&view).expect("status serialises"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&view).expect("status serialises")
+                );
                 ExitCode::SUCCESS
             }
             Ok(view) => {

@@ -19,7 +19,9 @@ pub enum StateError {
         action: &'static str,
         source: std::io::Error,
     },
-    #[error("{path}: corrupt state ({detail}); move it aside to start afresh (the next rental will wipe the storage)")]
+    #[error(
+        "{path}: corrupt state ({detail}); move it aside to start afresh (the next rental will wipe the storage)"
+    )]
     Corrupt { path: PathBuf, detail: String },
 }
 
@@ -186,6 +188,8 @@ impl StateStore {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
     use crate::types::Secret;
 
@@ -214,8 +218,10 @@ mod tests {
         let text = std::fs::read_to_string(store.path()).unwrap();
         assert!(!text.contains("Xy7pQ2mN0a"));
         assert!(text.contains("\"phase\": \"serving\""));
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(store.path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!store.dir().join(".state.json.tmp").exists());
     }
@@ -226,7 +232,10 @@ mod tests {
         let store = StateStore::new(dir.path());
         std::fs::write(store.path(), "{\"phase\": ").unwrap();
         let e = store.load().unwrap_err().to_string();
-        assert!(e.contains("corrupt state") && e.contains("state.json"), "{e}");
+        assert!(
+            e.contains("corrupt state") && e.contains("state.json"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -82,7 +82,10 @@ impl StatusView {
         line("rentals done", &self.rentals_completed.to_string());
         if let Some(at) = self.last_heartbeat {
             let result = self.last_heartbeat_error.as_deref().unwrap_or("ok");
-            line("last heartbeat", &format!("{} ({result})", relative(at, now)));
+            line(
+                "last heartbeat",
+                &format!("{} ({result})", relative(at, now)),
+            );
         }
         out
     }
@@ -98,7 +101,11 @@ pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
         3600..86_400 => format!("{} h {} min", abs / 3600, abs % 3600 / 60),
         _ => format!("{} d {} h", abs / 86_400, abs % 86_400 / 3600),
     };
-    if secs >= 0 { format!("in {text}") } else { format!("{text} ago") }
+    if secs >= 0 {
+        format!("in {text}")
+    } else {
+        format!("{text} ago")
+    }
 }
 
 pub fn load(store: &StateStore) -> Result<StatusView, StateError> {
@@ -112,9 +119,18 @@ mod tests {
     #[test]
     fn relative_times() {
         let now = Utc::now();
-        assert_eq!(relative(now + chrono::Duration::seconds(3 * 3600 + 12 * 60 + 5), now), "in 3 h 12 min");
-        assert_eq!(relative(now - chrono::Duration::seconds(300), now), "5 min ago");
-        assert_eq!(relative(now + chrono::Duration::seconds(2 * 86_400 + 3600), now), "in 2 d 1 h");
+        assert_eq!(
+            relative(now + chrono::Duration::seconds(3 * 3600 + 12 * 60 + 5), now),
+            "in 3 h 12 min"
+        );
+        assert_eq!(
+            relative(now - chrono::Duration::seconds(300), now),
+            "5 min ago"
+        );
+        assert_eq!(
+            relative(now + chrono::Duration::seconds(2 * 86_400 + 3600), now),
+            "in 2 d 1 h"
+        );
         assert_eq!(relative(now + chrono::Duration::seconds(7), now), "in 7 s");
     }
 
@@ -122,6 +138,9 @@ mod tests {
     fn not_started() {
         let v = StatusView::from_state(None);
         assert_eq!(v.phase, "not-started");
-        assert!(v.render(Utc::now()).starts_with("phase            not-started\n"));
+        assert!(
+            v.render(Utc::now())
+                .starts_with("phase            not-started\n")
+        );
     }
 }

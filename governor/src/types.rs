@@ -62,9 +62,35 @@ impl fmt::Display for Port {
 
 /// Login names the governor must never create for a renter: they exist in the image already.
 const RESERVED_USERS: &[&str] = &[
-    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
-    "www-data", "backup", "list", "irc", "gnats", "nobody", "sshd", "messagebus", "_apt", "sudo",
-    "staff", "users", "adm", "shadow", "utmp", "operator", "docker",
+    "root",
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "gnats",
+    "nobody",
+    "sshd",
+    "messagebus",
+    "_apt",
+    "sudo",
+    "staff",
+    "users",
+    "adm",
+    "shadow",
+    "utmp",
+    "operator",
+    "docker",
 ];
 
 /// A renter's login name from the marketplace, checked as a POSIX login name so that a hostile server
@@ -88,9 +114,7 @@ impl Username {
             )));
         }
         if RESERVED_USERS.contains(&s.to_ascii_lowercase().as_str()) || s.starts_with("systemd-") {
-            return Err(Invalid(format!(
-                "username {s:?} is a system account"
-            )));
+            return Err(Invalid(format!("username {s:?} is a system account")));
         }
         Ok(Self(s.to_owned()))
     }
@@ -228,7 +252,12 @@ mod tests {
 
     #[test]
     fn device_id_rejects_wrong_length_and_non_hex() {
-        for bad in ["", "5a2608cfd7df9800266a339", "5a2608cfd7df9800266a339dd", "5a2608cfd7df9800266a339g"] {
+        for bad in [
+            "",
+            "5a2608cfd7df9800266a339",
+            "5a2608cfd7df9800266a339dd",
+            "5a2608cfd7df9800266a339g",
+        ] {
             let err = DeviceId::parse(bad).unwrap_err();
             assert!(err.0.contains("24 hex digits"), "{bad}: {err}");
         }
@@ -246,7 +275,19 @@ mod tests {
     fn usernames_from_a_hostile_server_are_refused() {
         assert!(Username::parse("aB3xY9zQ1k").is_ok());
         assert!(Username::parse("_renter-1.x").is_ok());
-        for bad in ["", "-rf", "root", "ROOT", "a b", "a;rm -rf /", "../etc", "1abc", "systemd-network", &"a".repeat(33), "é"] {
+        for bad in [
+            "",
+            "-rf",
+            "root",
+            "ROOT",
+            "a b",
+            "a;rm -rf /",
+            "../etc",
+            "1abc",
+            "systemd-network",
+            &"a".repeat(33),
+            "é",
+        ] {
             assert!(Username::parse(bad).is_err(), "{bad:?} passed");
         }
     }
@@ -255,7 +296,12 @@ mod tests {
     fn passwords_must_be_printable() {
         assert!(Secret::password("Xy7pQ2mN0a").is_ok());
         assert!(Secret::password("").is_err());
-        assert!(Secret::password("a\nroot:x").unwrap_err().0.contains("control"));
+        assert!(
+            Secret::password("a\nroot:x")
+                .unwrap_err()
+                .0
+                .contains("control")
+        );
         assert!(Secret::password(&"x".repeat(129)).is_err());
     }
 
@@ -273,8 +319,16 @@ mod tests {
         assert!(h.as_str().starts_with("$6$"));
         assert!(!h.as_str().contains("Xy7pQ2mN0a"));
         let parsed = sha_crypt::PasswordHashRef::new(h.as_str()).unwrap();
-        assert!(sha_crypt::ShaCrypt::default().verify_password(b"Xy7pQ2mN0a", parsed).is_ok());
-        assert!(sha_crypt::ShaCrypt::default().verify_password(b"wrong", parsed).is_err());
+        assert!(
+            sha_crypt::ShaCrypt::default()
+                .verify_password(b"Xy7pQ2mN0a", parsed)
+                .is_ok()
+        );
+        assert!(
+            sha_crypt::ShaCrypt::default()
+                .verify_password(b"wrong", parsed)
+                .is_err()
+        );
         assert_eq!(format!("{h:?}"), "PasswordHash(***)");
         assert!(PasswordHash::parse("x:y").is_err());
     }

@@ -26,7 +26,10 @@ fn check_config_accepts_and_summarises() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains(": OK\n"));
-    assert!(text.contains("serverUrl        http://p2pvps.net:3001"), "{text}");
+    assert!(
+        text.contains("serverUrl        http://p2pvps.net:3001"),
+        "{text}"
+    );
     assert!(text.contains("sshServer        p2pvps.net:6100"), "{text}");
     assert!(!text.contains("hunter22"));
 }
@@ -36,8 +39,14 @@ fn check_config_exits_78_with_one_line_naming_the_key() {
     for (text, want) in [
         (String::new(), "the file is empty"),
         ("{not json".to_owned(), "not valid JSON"),
-        (format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "ledd": 1}}"#), "unknown key \"ledd\" (did you mean \"led\"?)"),
-        (r#"{"serverUrl": "http://x"}"#.to_owned(), "missing key \"deviceId\""),
+        (
+            format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "ledd": 1}}"#),
+            "unknown key \"ledd\" (did you mean \"led\"?)",
+        ),
+        (
+            r#"{"serverUrl": "http://x"}"#.to_owned(),
+            "missing key \"deviceId\"",
+        ),
     ] {
         let (_d, path) = write_config(&text);
         let out = governor(&["check-config", &path]);
@@ -52,21 +61,40 @@ fn check_config_exits_78_with_one_line_naming_the_key() {
 
 #[test]
 fn run_with_a_bad_config_exits_78_at_once() {
-    let (d, path) = write_config(&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://127.0.0.1:9", "heartbeatSeconds": -5}}"#));
+    let (d, path) = write_config(&format!(
+        r#"{{"deviceId": "{ID}", "serverUrl": "http://127.0.0.1:9", "heartbeatSeconds": -5}}"#
+    ));
     let state = d.path().join("state");
-    let out = governor(&["run", "--config", &path, "--state-dir", state.to_str().unwrap()]);
+    let out = governor(&[
+        "run",
+        "--config",
+        &path,
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("heartbeatSeconds"));
 }
 
 #[test]
 fn run_refuses_usb_storage_until_it_exists() {
-    let (d, path) = write_config(&format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://127.0.0.1:9"}}"#));
+    let (d, path) = write_config(&format!(
+        r#"{{"deviceId": "{ID}", "serverUrl": "http://127.0.0.1:9"}}"#
+    ));
     let state = d.path().join("state");
-    let out = governor(&["run", "--config", &path, "--state-dir", state.to_str().unwrap()]);
+    let out = governor(&[
+        "run",
+        "--config",
+        &path,
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("key \"storageDevice\": Auto: USB drive storage is not in this build yet"), "{err}");
+    assert!(
+        err.contains("key \"storageDevice\": Auto: USB drive storage is not in this build yet"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -80,9 +108,18 @@ fn run_without_a_config_waits_for_one_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(child.try_wait().unwrap().is_none(), "exited without a config instead of waiting");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited without a config instead of waiting"
+    );
     let started = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -92,12 +129,21 @@ fn run_without_a_config_waits_for_one_and_stops_on_sigterm() {
 #[test]
 fn status_of_a_device_that_never_ran() {
     let d = tempfile::tempdir().unwrap();
-    let out = governor(&["status", "--json", "--state-dir", d.path().to_str().unwrap()]);
+    let out = governor(&[
+        "status",
+        "--json",
+        "--state-dir",
+        d.path().to_str().unwrap(),
+    ]);
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["phase"], "not-started");
     let out = governor(&["status", "--state-dir", d.path().to_str().unwrap()]);
-    assert!(String::from_utf8(out.stdout).unwrap().starts_with("phase            not-started"));
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .starts_with("phase            not-started")
+    );
 }
 
 #[test]
@@ -107,5 +153,8 @@ fn status_of_a_corrupt_state_fails_with_the_path() {
     let out = governor(&["status", "--state-dir", d.path().to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("state.json") && err.contains("corrupt state"), "{err}");
+    assert!(
+        err.contains("state.json") && err.contains("corrupt state"),
+        "{err}"
+    );
 }

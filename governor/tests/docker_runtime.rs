@@ -36,13 +36,20 @@ fn inspect(name: &str, format: &str) -> String {
 
 #[tokio::test]
 async fn a_renter_container_is_confined_has_its_login_and_stops_fast() {
-    let rt = DockerRuntime::connect().await.expect("Docker engine reachable");
-    rt.ensure_image(IMAGE, None).await.expect("scripts/test builds the renter image");
+    let rt = DockerRuntime::connect()
+        .await
+        .expect("Docker engine reachable");
+    rt.ensure_image(IMAGE, None)
+        .await
+        .expect("scripts/test builds the renter image");
     let device = random_device();
     let name = format!("p2pvps-test-{device}");
     let _cleanup = Cleanup(vec![name.clone()]);
     let storage = tempfile::tempdir().unwrap();
-    let id = rt.create(&spec(&name, &device, storage.path())).await.unwrap();
+    let id = rt
+        .create(&spec(&name, &device, storage.path()))
+        .await
+        .unwrap();
     assert_eq!(rt.state(&id).await.unwrap(), Some(true));
     assert_eq!(rt.list(&device).await.unwrap(), vec![id.clone()]);
 
@@ -51,14 +58,20 @@ async fn a_renter_container_is_confined_has_its_login_and_stops_fast() {
     let ports = inspect(&name, "{{json .HostConfig.PortBindings}}");
     assert!(ports == "null" || ports == "{}", "published ports: {ports}");
     assert_eq!(inspect(&name, "{{.HostConfig.PublishAllPorts}}"), "false");
-    assert_eq!(inspect(&name, "{{.HostConfig.Memory}}"), (256u64 << 20).to_string());
+    assert_eq!(
+        inspect(&name, "{{.HostConfig.Memory}}"),
+        (256u64 << 20).to_string()
+    );
     assert_eq!(inspect(&name, "{{.HostConfig.NanoCpus}}"), "1500000000");
     assert_eq!(inspect(&name, "{{.HostConfig.PidsLimit}}"), "512");
     assert_eq!(inspect(&name, "{{.HostConfig.Init}}"), "true");
     let mounts = inspect(&name, "{{json .Mounts}}");
     assert!(!mounts.contains("docker.sock"), "{mounts}");
     assert!(mounts.contains("/media/storage"), "{mounts}");
-    assert_eq!(inspect(&name, "{{index .Config.Labels \"io.p2pvps.device\"}}"), device);
+    assert_eq!(
+        inspect(&name, "{{index .Config.Labels \"io.p2pvps.device\"}}"),
+        device
+    );
     let env = inspect(&name, "{{json .Config.Env}}");
 
     // The login: exists, in sudo, the shadow entry is our hash, and it owns the storage.
@@ -71,23 +84,42 @@ async fn a_renter_container_is_confined_has_its_login_and_stops_fast() {
     assert!(groups.split_whitespace().any(|g| g == "sudo"), "{groups}");
     let (_, shadow, _) = docker(&["exec", &name, "getent", "shadow", "aB3xY9zQ1k"]);
     assert_eq!(shadow.split(':').nth(1), Some(hash.as_str()));
-    let (ok, _, err) = docker(&["exec", "-u", "aB3xY9zQ1k", &name, "sh", "-c", "echo hi > /media/storage/f"]);
+    let (ok, _, err) = docker(&[
+        "exec",
+        "-u",
+        "aB3xY9zQ1k",
+        &name,
+        "sh",
+        "-c",
+        "echo hi > /media/storage/f",
+    ]);
     assert!(ok, "renter cannot write its storage: {err}");
-    assert_eq!(std::fs::read_to_string(storage.path().join("f")).unwrap(), "hi\n");
+    assert_eq!(
+        std::fs::read_to_string(storage.path().join("f")).unwrap(),
+        "hi\n"
+    );
     // The password is nowhere in the container's config or environment.
     assert!(!env.contains("Xy7pQ2mN0a") && !inspect(&name, "{{json .}}").contains("Xy7pQ2mN0a"));
 
     // A second useradd of the same name fails and says why.
     let e = rt.add_login(&id, &user, &hash).await.unwrap_err();
-    assert!(matches!(&e, RuntimeError::Exec { stderr, .. } if stderr.contains("already exists")), "{e}");
+    assert!(
+        matches!(&e, RuntimeError::Exec { stderr, .. } if stderr.contains("already exists")),
+        "{e}"
+    );
 
     let started = Instant::now();
     rt.remove(&id, Duration::from_secs(3)).await.unwrap();
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(3), "stop waited for the kill: {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "stop waited for the kill: {took:?}"
+    );
     assert_eq!(rt.state(&id).await.unwrap(), None);
     assert!(rt.list(&device).await.unwrap().is_empty());
-    rt.remove(&id, Duration::from_secs(3)).await.expect("removing a gone container is fine");
+    rt.remove(&id, Duration::from_secs(3))
+        .await
+        .expect("removing a gone container is fine");
 }
 
 #[tokio::test]
@@ -97,7 +129,10 @@ async fn a_stopped_container_is_seen_and_restarted() {
     let name = format!("p2pvps-test-{device}");
     let _cleanup = Cleanup(vec![name.clone()]);
     let storage = tempfile::tempdir().unwrap();
-    let id = rt.create(&spec(&name, &device, storage.path())).await.unwrap();
+    let id = rt
+        .create(&spec(&name, &device, storage.path()))
+        .await
+        .unwrap();
     let (ok, _, err) = docker(&["stop", "-t", "1", &name]);
     assert!(ok, "{err}");
     assert_eq!(rt.state(&id).await.unwrap(), Some(false));
@@ -115,7 +150,13 @@ async fn an_absent_image_is_imported_from_a_tarball() {
     std::fs::write(root.join("etc/marker"), "imported").unwrap();
     let tar = tmp.path().join("rootfs.tar");
     let status = std::process::Command::new("tar")
-        .args(["-cf", tar.to_str().unwrap(), "-C", root.to_str().unwrap(), "."])
+        .args([
+            "-cf",
+            tar.to_str().unwrap(),
+            "-C",
+            root.to_str().unwrap(),
+            ".",
+        ])
         .status()
         .unwrap();
     assert!(status.success());

@@ -43,7 +43,9 @@ async fn register_check_in_and_expiration_round_trip() {
     assert_eq!(lease.password.expose().len(), 10);
     assert!((6000..=6200).contains(&lease.port.get()));
     let lease_len = lease.expiration - before;
-    assert!(lease_len > chrono::Duration::seconds(3590) && lease_len <= chrono::Duration::seconds(3601));
+    assert!(
+        lease_len > chrono::Duration::seconds(3590) && lease_len <= chrono::Duration::seconds(3601)
+    );
 
     client.check_in().await.unwrap();
     assert_eq!(client.expiration().await.unwrap(), lease.expiration);
@@ -60,7 +62,8 @@ async fn register_check_in_and_expiration_round_trip() {
     assert_ne!(again.port, lease.port);
 
     // An unknown device is a 404 the lifecycle reports to the owner.
-    let stranger = Marketplace::new(&url, DeviceId::parse(&common::random_device()).unwrap()).unwrap();
+    let stranger =
+        Marketplace::new(&url, DeviceId::parse(&common::random_device()).unwrap()).unwrap();
     let e = stranger.register(&specs()).await.unwrap_err();
     assert!(e.is_unknown_device(), "{e}");
     assert!(e.to_string().contains("Could not find that device."), "{e}");
@@ -90,6 +93,10 @@ async fn an_injected_server_error_is_reported() {
     let url = reqwest::Url::parse(&server.url()).unwrap();
     let client = Marketplace::new(&url, DeviceId::parse(&device).unwrap()).unwrap();
     let e = client.check_in().await.unwrap_err();
-    assert!(e.to_string().contains("500 Internal Server Error: Internal server error (injected)"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("500 Internal Server Error: Internal server error (injected)"),
+        "{e}"
+    );
     server.stop().await;
 }

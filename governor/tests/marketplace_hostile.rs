@@ -17,7 +17,9 @@ async fn canned(status: &str, headers: &str, body: Vec<u8>) -> reqwest::Url {
     let head = format!("HTTP/1.1 {status}\r\nconnection: close\r\n{headers}\r\n");
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             let head = head.clone();
             let body = body.clone();
             tokio::spawn(async move {
@@ -35,14 +37,22 @@ async fn canned(status: &str, headers: &str, body: Vec<u8>) -> reqwest::Url {
 async fn json(body: &str) -> reqwest::Url {
     canned(
         "200 OK",
-        &format!("content-type: application/json\r\ncontent-length: {}\r\n", body.len()),
+        &format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        ),
         body.as_bytes().to_vec(),
     )
     .await
 }
 
 fn client(url: &reqwest::Url) -> Marketplace {
-    Marketplace::with_timeout(url, DeviceId::parse(DEVICE).unwrap(), Duration::from_secs(2)).unwrap()
+    Marketplace::with_timeout(
+        url,
+        DeviceId::parse(DEVICE).unwrap(),
+        Duration::from_secs(2),
+    )
+    .unwrap()
 }
 
 fn specs() -> Specs {
@@ -73,20 +83,44 @@ async fn a_good_answer_with_extra_fields_is_accepted() {
     assert_eq!(lease.username.as_str(), "aB3xY9zQ1k");
     assert_eq!(lease.password.expose(), "Xy7pQ2mN0a");
     assert_eq!(lease.port.get(), 6001);
-    assert_eq!(lease.expiration.to_rfc3339(), "2026-11-26T21:01:15.123+00:00");
+    assert_eq!(
+        lease.expiration.to_rfc3339(),
+        "2026-11-26T21:01:15.123+00:00"
+    );
 }
 
 #[tokio::test]
 async fn hostile_registration_answers_are_refused_with_the_reason() {
     let cases = [
-        (device(&GOOD.replace("aB3xY9zQ1k", "root")), "system account"),
-        (device(&GOOD.replace("aB3xY9zQ1k", "x;reboot")), "POSIX login name"),
-        (device(&GOOD.replace("aB3xY9zQ1k", "--help")), "POSIX login name"),
-        (device(&GOOD.replace("Xy7pQ2mN0a", "a\\nb")), "control character"),
-        (device(&GOOD.replace("6001", "70000")), "port must be 1-65535"),
+        (
+            device(&GOOD.replace("aB3xY9zQ1k", "root")),
+            "system account",
+        ),
+        (
+            device(&GOOD.replace("aB3xY9zQ1k", "x;reboot")),
+            "POSIX login name",
+        ),
+        (
+            device(&GOOD.replace("aB3xY9zQ1k", "--help")),
+            "POSIX login name",
+        ),
+        (
+            device(&GOOD.replace("Xy7pQ2mN0a", "a\\nb")),
+            "control character",
+        ),
+        (
+            device(&GOOD.replace("6001", "70000")),
+            "port must be 1-65535",
+        ),
         (device(&GOOD.replace("6001", "0")), "port must be 1-65535"),
-        (device(&GOOD.replace("6001", "\"6001\"")), "device.port is missing or not an integer"),
-        (device(&GOOD.replace("2026-11-26T21:01:15.123Z", "soon")), "not an ISO-8601 time"),
+        (
+            device(&GOOD.replace("6001", "\"6001\"")),
+            "device.port is missing or not an integer",
+        ),
+        (
+            device(&GOOD.replace("2026-11-26T21:01:15.123Z", "soon")),
+            "not an ISO-8601 time",
+        ),
         (device(r#""port": 6001"#), "device.username is missing"),
         (r#"{"success": true}"#.to_owned(), "no \"device\" object"),
         ("[]".to_owned(), "no \"device\" object"),
@@ -94,16 +128,27 @@ async fn hostile_registration_answers_are_refused_with_the_reason() {
     ];
     for (body, want) in cases {
         let got = register_err(&body).await;
-        assert!(got.contains(want), "body {body}\n got: {got}\n want: {want}");
+        assert!(
+            got.contains(want),
+            "body {body}\n got: {got}\n want: {want}"
+        );
         assert!(got.starts_with("register http://127.0.0.1:"), "{got}");
-        assert!(!got.contains("Xy7pQ2mN0a"), "a password reached an error message: {got}");
+        assert!(
+            !got.contains("Xy7pQ2mN0a"),
+            "a password reached an error message: {got}"
+        );
     }
 }
 
 #[tokio::test]
 async fn oversized_answers_are_refused_with_or_without_a_length() {
     let big = vec![b' '; 70 * 1024];
-    let url = canned("200 OK", &format!("content-length: {}\r\n", big.len()), big.clone()).await;
+    let url = canned(
+        "200 OK",
+        &format!("content-length: {}\r\n", big.len()),
+        big.clone(),
+    )
+    .await;
     let e = client(&url).check_in().await.unwrap_err();
     assert!(matches!(e, MarketplaceError::TooLarge { .. }), "{e}");
     // No content-length: the body is read until the limit and then refused.
@@ -114,14 +159,31 @@ async fn oversized_answers_are_refused_with_or_without_a_length() {
 
 #[tokio::test]
 async fn plain_text_errors_keep_status_and_body() {
-    let url = canned("404 Not Found", "content-length: 26\r\n", b"Could not find that device.".to_vec()).await;
+    let url = canned(
+        "404 Not Found",
+        "content-length: 26\r\n",
+        b"Could not find that device.".to_vec(),
+    )
+    .await;
     let e = client(&url).expiration().await.unwrap_err();
     assert!(e.is_unknown_device());
-    assert!(e.to_string().contains("404 Not Found: Could not find that device"), "{e}");
-    let url = canned("500 Internal Server Error", "content-length: 5\r\n", b"oops\x07".to_vec()).await;
+    assert!(
+        e.to_string()
+            .contains("404 Not Found: Could not find that device"),
+        "{e}"
+    );
+    let url = canned(
+        "500 Internal Server Error",
+        "content-length: 5\r\n",
+        b"oops\x07".to_vec(),
+    )
+    .await;
     let e = client(&url).check_in().await.unwrap_err();
     assert!(!e.is_unknown_device());
-    assert!(e.to_string().ends_with("500 Internal Server Error: oops"), "{e}");
+    assert!(
+        e.to_string().ends_with("500 Internal Server Error: oops"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

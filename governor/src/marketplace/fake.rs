@@ -68,9 +68,12 @@ impl FakeMarketplace {
         (format!("renter{n}"), format!("Pass{n:06}"))
     }
 
-    fn guard(&self, call: &'static str) -> Result<std::sync::MutexGuard<'_, Inner>, MarketplaceError> {
+    fn guard(
+        &self,
+        call: &'static str,
+    ) -> Result<std::sync::MutexGuard<'_, Inner>, MarketplaceError> {
         let inner = self.inner.lock().unwrap();
-        let url = reqwest::Url::parse("http://fake.invalid/").expect("static URL");
+        let url = "http://fake.invalid/".to_owned();
         if inner.down {
             return Err(MarketplaceError::Refused {
                 call,
@@ -117,7 +120,7 @@ impl MarketplaceApi for FakeMarketplace {
         let inner = self.guard("expiration")?;
         inner.expiration.ok_or_else(|| MarketplaceError::Refused {
             call: "expiration",
-            url: reqwest::Url::parse("http://fake.invalid/").expect("static URL"),
+            url: "http://fake.invalid/".to_owned(),
             status: StatusCode::NOT_FOUND,
             body: "Device has no rental.".into(),
         })

@@ -27,22 +27,22 @@ pub enum MarketplaceError {
     #[error("{call} {url}: server unreachable: {source}")]
     Unreachable {
         call: &'static str,
-        url: Url,
+        url: String,
         source: reqwest::Error,
     },
     #[error("{call} {url}: server answered {status}: {body}")]
     Refused {
         call: &'static str,
-        url: Url,
+        url: String,
         status: StatusCode,
         body: String,
     },
     #[error("{call} {url}: answer larger than {BODY_LIMIT} bytes")]
-    TooLarge { call: &'static str, url: Url },
+    TooLarge { call: &'static str, url: String },
     #[error("{call} {url}: unusable answer: {reason}")]
     BadAnswer {
         call: &'static str,
-        url: Url,
+        url: String,
         reason: String,
     },
     #[error("cannot build the HTTP client: {0}")]
@@ -79,14 +79,20 @@ pub struct Lease {
 
 /// The three calls the lifecycle makes, behind a trait so its tests can run on a paused clock.
 pub trait MarketplaceApi: Send + Sync {
-    fn register(&self, specs: &Specs) -> impl Future<Output = Result<Lease, MarketplaceError>> + Send;
+    fn register(
+        &self,
+        specs: &Specs,
+    ) -> impl Future<Output = Result<Lease, MarketplaceError>> + Send;
     fn check_in(&self) -> impl Future<Output = Result<(), MarketplaceError>> + Send;
     fn expiration(&self) -> impl Future<Output = Result<DateTime<Utc>, MarketplaceError>> + Send;
 }
 
 /// Shared ownership (a test keeps a handle on the fake the lifecycle uses).
 impl<T: MarketplaceApi> MarketplaceApi for std::sync::Arc<T> {
-    fn register(&self, specs: &Specs) -> impl Future<Output = Result<Lease, MarketplaceError>> + Send {
+    fn register(
+        &self,
+        specs: &Specs,
+    ) -> impl Future<Output = Result<Lease, MarketplaceError>> + Send {
         (**self).register(specs)
     }
     fn check_in(&self) -> impl Future<Output = Result<(), MarketplaceError>> + Send {
@@ -111,7 +117,11 @@ impl Marketplace {
     }
 
     /// As `new`, with another per-call timeout.
-    pub fn with_timeout(base: &Url, device: DeviceId, timeout: Duration) -> Result<Self, MarketplaceError> {
+    pub fn with_timeout(
+        base: &Url,
+        device: DeviceId,
+        timeout: Duration,
+    ) -> Result<Self, MarketplaceError> {
         // reqwest is built without a default TLS provider: ring keeps the binary small. Installing
         // it again is a no-op.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -202,12 +212,14 @@ impl Marketplace {
         method: Method,
         route: &str,
         body: Option<&Specs>,
-    ) -> Result<(Url, Value), MarketplaceError> {
-        let url = self
+    ) -> Result<(String, Value), MarketplaceError> {
+        let target = self
             .base
             .join(&format!("api/client/{route}/{}", self.device))
             .expect("a relative path of checked parts joins");
-        let mut req = self.http.request(method, url.clone());
+        // Errors carry the URL as text: a `Url` would make every Result large.
+        let url = target.to_string();
+        let mut req = self.http.request(method, target);
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -271,12 +283,19 @@ mod tests {
         let t = parse_time("2026-11-25T21:01:15.123Z").unwrap();
         assert_eq!(t.timestamp_millis() % 1000, 123);
         assert!(parse_time("2026-11-25T23:01:15+02:00").is_ok());
-        assert!(parse_time("tomorrow").unwrap_err().contains("not an ISO-8601 time"));
+        assert!(
+            parse_time("tomorrow")
+                .unwrap_err()
+                .contains("not an ISO-8601 time")
+        );
     }
 
     #[test]
     fn error_bodies_are_made_printable() {
-        assert_eq!(printable(b"Could not find\r\n that device."), "Could not find   that device.");
+        assert_eq!(
+            printable(b"Could not find\r\n that device."),
+            "Could not find   that device."
+        );
         assert_eq!(printable(&[b'x'; 100]).chars().count(), 41);
     }
 }

@@ -66,11 +66,18 @@ impl DockerRuntime {
             .start_exec(&exec.id, None)
             .await
             .map_err(|e| err(e.to_string()))?;
-        let StartExecResults::Attached { mut output, mut input } = started else {
+        let StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = started
+        else {
             return Err(err("exec started detached".into()));
         };
         if let Some(data) = stdin {
-            input.write_all(data).await.map_err(|e| err(e.to_string()))?;
+            input
+                .write_all(data)
+                .await
+                .map_err(|e| err(e.to_string()))?;
             // Half-close so the command sees end of input.
             input.shutdown().await.map_err(|e| err(e.to_string()))?;
         }
@@ -134,11 +141,9 @@ impl DockerRuntime {
             tag: Some(tag.to_owned()),
             ..Default::default()
         };
-        let mut progress = self.docker.create_image(
-            Some(options),
-            Some(bollard::body_try_stream(chunks)),
-            None,
-        );
+        let mut progress =
+            self.docker
+                .create_image(Some(options), Some(bollard::body_try_stream(chunks)), None);
         while let Some(step) = progress.next().await {
             step.map_err(|e| RuntimeError::Image {
                 image: image.to_owned(),
@@ -158,7 +163,13 @@ fn split_reference(image: &str) -> (&str, &str) {
 }
 
 fn not_found(e: &BollardError) -> bool {
-    matches!(e, BollardError::DockerResponseServerError { status_code: 404, .. })
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 fn container_err(id: &str, action: &'static str) -> impl FnOnce(BollardError) -> RuntimeError {
@@ -196,7 +207,10 @@ impl ContainerRuntime for DockerRuntime {
             image: Some(spec.image.clone()),
             cmd: Some(spec.cmd.clone()),
             hostname: Some("p2pvps".into()),
-            labels: Some(HashMap::from([(DEVICE_LABEL.to_owned(), spec.device.clone())])),
+            labels: Some(HashMap::from([(
+                DEVICE_LABEL.to_owned(),
+                spec.device.clone(),
+            )])),
             host_config: Some(HostConfig {
                 binds: Some(vec![format!("{}:{STORAGE_MOUNT}", spec.storage.display())]),
                 memory: Some(spec.limits.memory_bytes),
@@ -232,11 +246,25 @@ impl ContainerRuntime for DockerRuntime {
         Ok(created.id)
     }
 
-    async fn add_login(&self, id: &str, user: &Username, hash: &PasswordHash) -> Result<(), RuntimeError> {
+    async fn add_login(
+        &self,
+        id: &str,
+        user: &Username,
+        hash: &PasswordHash,
+    ) -> Result<(), RuntimeError> {
         let name = user.as_str();
         self.exec(
             id,
-            &["useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", "--", name],
+            &[
+                "useradd",
+                "--create-home",
+                "--shell",
+                "/bin/bash",
+                "--groups",
+                "sudo",
+                "--",
+                name,
+            ],
             None,
         )
         .await?;
@@ -250,9 +278,7 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn state(&self, id: &str) -> Result<Option<bool>, RuntimeError> {
         match self.docker.inspect_container(id, None).await {
-            Ok(info) => Ok(Some(
-                info.state.and_then(|s| s.running).unwrap_or(false),
-            )),
+            Ok(info) => Ok(Some(info.state.and_then(|s| s.running).unwrap_or(false))),
             Err(e) if not_found(&e) => Ok(None),
             Err(e) => Err(container_err(id, "inspect")(e)),
         }
@@ -291,10 +317,8 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn list(&self, device: &str) -> Result<Vec<String>, RuntimeError> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{DEVICE_LABEL}={device}")],
-        )]);
+        let filters =
+            HashMap::from([("label".to_owned(), vec![format!("{DEVICE_LABEL}={device}")])]);
         let options = ListContainersOptions {
             all: true,
             filters: Some(filters),
@@ -315,9 +339,21 @@ mod tests {
 
     #[test]
     fn references_split_like_docker() {
-        assert_eq!(split_reference("p2pvps/renter:latest"), ("p2pvps/renter", "latest"));
-        assert_eq!(split_reference("p2pvps/renter"), ("p2pvps/renter", "latest"));
-        assert_eq!(split_reference("host:5000/renter"), ("host:5000/renter", "latest"));
-        assert_eq!(split_reference("host:5000/renter:v2"), ("host:5000/renter", "v2"));
+        assert_eq!(
+            split_reference("p2pvps/renter:latest"),
+            ("p2pvps/renter", "latest")
+        );
+        assert_eq!(
+            split_reference("p2pvps/renter"),
+            ("p2pvps/renter", "latest")
+        );
+        assert_eq!(
+            split_reference("host:5000/renter"),
+            ("host:5000/renter", "latest")
+        );
+        assert_eq!(
+            split_reference("host:5000/renter:v2"),
+            ("host:5000/renter", "v2")
+        );
     }
 }

@@ -60,7 +60,11 @@ impl FakeRuntime {
 
     /// Add a container behind the governor's back (an orphan from a crash).
     pub fn insert(&self, id: &str, c: FakeContainer) {
-        self.inner.lock().unwrap().containers.insert(id.to_owned(), c);
+        self.inner
+            .lock()
+            .unwrap()
+            .containers
+            .insert(id.to_owned(), c);
     }
 
     /// Make a container disappear (the engine lost it).
@@ -134,9 +138,17 @@ impl ContainerRuntime for FakeRuntime {
         Ok(id)
     }
 
-    async fn add_login(&self, id: &str, user: &Username, hash: &PasswordHash) -> Result<(), RuntimeError> {
+    async fn add_login(
+        &self,
+        id: &str,
+        user: &Username,
+        hash: &PasswordHash,
+    ) -> Result<(), RuntimeError> {
         let mut inner = self.call(format!("add_login {id} {user}"))?;
-        let c = inner.containers.get_mut(id).ok_or_else(|| gone(id, "add login"))?;
+        let c = inner
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| gone(id, "add login"))?;
         c.login = Some((user.to_string(), hash.as_str().to_owned()));
         Ok(())
     }
@@ -148,7 +160,10 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
         let mut inner = self.call(format!("start {id}"))?;
-        let c = inner.containers.get_mut(id).ok_or_else(|| gone(id, "start"))?;
+        let c = inner
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| gone(id, "start"))?;
         c.running = true;
         Ok(())
     }

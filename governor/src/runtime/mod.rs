@@ -91,8 +91,10 @@ pub trait ContainerRuntime: Send + Sync {
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Create and start a container; returns its id.
-    fn create(&self, spec: &ContainerSpec)
-    -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    fn create(
+        &self,
+        spec: &ContainerSpec,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
 
     /// Create the renter's login (with sudo) from a password hash given on stdin, and give them
     /// the storage mount.
@@ -109,7 +111,11 @@ pub trait ContainerRuntime: Send + Sync {
     fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Stop (SIGTERM, then SIGKILL after `grace`) and remove. A container already gone is fine.
-    fn remove(&self, id: &str, grace: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn remove(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Ids of all containers (running or not) labelled with this device.
     fn list(&self, device: &str) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;
@@ -117,13 +123,25 @@ pub trait ContainerRuntime: Send + Sync {
 
 /// Shared ownership (a test keeps a handle on the fake the lifecycle uses).
 impl<T: ContainerRuntime> ContainerRuntime for std::sync::Arc<T> {
-    fn ensure_image(&self, image: &str, tar: Option<&Path>) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+    fn ensure_image(
+        &self,
+        image: &str,
+        tar: Option<&Path>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
         (**self).ensure_image(image, tar)
     }
-    fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<String, RuntimeError>> + Send {
+    fn create(
+        &self,
+        spec: &ContainerSpec,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send {
         (**self).create(spec)
     }
-    fn add_login(&self, id: &str, user: &Username, hash: &PasswordHash) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+    fn add_login(
+        &self,
+        id: &str,
+        user: &Username,
+        hash: &PasswordHash,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
         (**self).add_login(id, user, hash)
     }
     fn state(&self, id: &str) -> impl Future<Output = Result<Option<bool>, RuntimeError>> + Send {
@@ -132,7 +150,11 @@ impl<T: ContainerRuntime> ContainerRuntime for std::sync::Arc<T> {
     fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send {
         (**self).start(id)
     }
-    fn remove(&self, id: &str, grace: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+    fn remove(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
         (**self).remove(id, grace)
     }
     fn list(&self, device: &str) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send {

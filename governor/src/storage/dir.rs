@@ -1,5 +1,6 @@
 //! `storageDevice: "none"`: each rental's storage is a directory on the state partition.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use super::{Storage, StorageError};
@@ -43,7 +44,6 @@ impl Storage for DirStorage {
             .await
             .map_err(io(&path, "create"))?;
         // Root-owned and closed to other host users; the container chowns it to the renter.
-        use std::os::unix::fs::PermissionsExt as _;
         tokio::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
             .await
             .map_err(io(&self.root, "chmod"))?;
@@ -87,7 +87,10 @@ mod tests {
         let p = s.prepare("v1").await.unwrap();
         std::fs::write(p.join("canary"), "renter data").unwrap();
         assert_eq!(s.open("v1").await.unwrap(), p);
-        assert!(matches!(s.verify_wiped("v1").await, Err(StorageError::NotWiped { .. })));
+        assert!(matches!(
+            s.verify_wiped("v1").await,
+            Err(StorageError::NotWiped { .. })
+        ));
         s.wipe("v1").await.unwrap();
         s.verify_wiped("v1").await.unwrap();
         assert!(!p.exists());

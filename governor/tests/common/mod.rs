@@ -5,12 +5,16 @@ use std::process::Command;
 
 /// A fresh random device id (24 hex digits), so tests on the shared engine never collide.
 pub fn random_device() -> String {
-    (0..3).map(|_| format!("{:08x}", rand::random::<u32>())).collect()
+    let [a, b, c] = rand::random::<[u32; 3]>();
+    format!("{a:08x}{b:08x}{c:08x}")
 }
 
 /// Run `docker ARGS`, returning (success, stdout, stderr).
 pub fn docker(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("docker").args(args).output().expect("the docker CLI runs");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI runs");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).trim().to_owned(),
