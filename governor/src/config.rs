@@ -629,6 +629,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines)] // a table of cases
     fn errors_name_the_key_and_the_fix() {
         let cases: &[(&str, &str)] = &[
             ("", "the file is empty"),

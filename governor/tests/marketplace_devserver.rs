@@ -25,7 +25,7 @@ async fn register_check_in_and_expiration_round_trip() {
         "127.0.0.1:0".parse().unwrap(),
         Options {
             devices: vec![device.clone()],
-            lease: Duration::from_secs(3600),
+            lease: Duration::from_hours(1),
             ..Options::default()
         },
     )
