@@ -73,7 +73,7 @@ impl World {
             specs,
             Limits::for_host(4 << 30, 4),
         );
-        settings.heartbeat = Duration::from_secs(600);
+        settings.heartbeat = Duration::from_mins(10);
         Lifecycle::new(
             self.market.clone(),
             self.runtime.clone(),
@@ -205,11 +205,11 @@ async fn an_outage_never_ends_a_rental_early_and_expiry_still_holds() {
         })
         .await;
         // …and no new registration happens until it comes back.
-        until(Duration::from_secs(60), || {
+        until(Duration::from_mins(1), || {
             w.state().phase == Phase::Registering
         })
         .await;
-        tokio::time::sleep(Duration::from_secs(600)).await;
+        tokio::time::sleep(Duration::from_mins(10)).await;
         assert_eq!(w.market.registrations(), 1);
         w.market.set_down(false);
         until(Duration::from_secs(400), || w.market.registrations() == 2).await;
@@ -294,7 +294,7 @@ async fn a_restart_after_the_expiration_ends_the_rental_first() {
         .storage
         .clone();
     // The governor was down across the expiration (power cut).
-    tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
+    tokio::time::sleep(Duration::from_hours(2)).await;
     assert_eq!(w.runtime.containers().len(), 1);
     let lc = w.lifecycle();
     w.drive(&lc, async {
@@ -401,10 +401,7 @@ async fn engine_failures_are_retried() {
     w.runtime.fail_next(4);
     let lc = w.lifecycle();
     w.drive(&lc, async {
-        until(Duration::from_secs(60), || {
-            w.state().phase == Phase::Serving
-        })
-        .await;
+        until(Duration::from_mins(1), || w.state().phase == Phase::Serving).await;
     })
     .await;
     assert_eq!(w.runtime.containers().len(), 1);
@@ -417,7 +414,7 @@ async fn an_unknown_device_keeps_trying_without_a_container() {
     w.market.set_unknown_device(true);
     let lc = w.lifecycle();
     w.drive(&lc, async {
-        tokio::time::sleep(Duration::from_secs(1800)).await;
+        tokio::time::sleep(Duration::from_mins(30)).await;
         assert_eq!(w.state().phase, Phase::Registering);
         assert!(w.runtime.containers().is_empty());
         w.market.set_unknown_device(false);
