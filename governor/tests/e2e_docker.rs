@@ -65,6 +65,7 @@ fn storage_dirs(state: &Path) -> Vec<PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one story, told step by step
 async fn a_rental_cycle_on_the_real_engine() {
     let device = random_device();
     let name = format!("p2pvps-e2e-{device}");
@@ -95,7 +96,7 @@ async fn a_rental_cycle_on_the_real_engine() {
     // Registered, and the container runs with the login.
     let first = wait_for(
         "first registration and container",
-        Duration::from_secs(60),
+        Duration::from_mins(1),
         async || {
             let d = admin_device(&base, &device).await;
             let running = docker(&["inspect", "--format", "{{.State.Running}}", &name]).1 == "true";
