@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use p2pvps_devserver::{Options, Running, spawn};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{admin_device as admin, docker, random_device as device};
+
 const BIN: &str = env!("CARGO_BIN_EXE_p2pvps-governor");
 const LEASE: Duration = Duration::from_secs(6);
 
@@ -21,44 +25,13 @@ fn env_num(key: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn device() -> String {
-    let [a, b, c] = rand::random::<[u32; 3]>();
-    format!("{a:08x}{b:08x}{c:08x}")
-}
-
-fn docker(args: &[&str]) -> (bool, String) {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-    )
-}
-
 fn container_id(name: &str) -> Option<String> {
-    let (ok, out) = docker(&["inspect", "--format", "{{.Id}} {{.State.Running}}", name]);
+    let (ok, out, _) = docker(&["inspect", "--format", "{{.Id}} {{.State.Running}}", name]);
     let mut parts = out.split(' ');
     match (ok, parts.next(), parts.next()) {
         (true, Some(id), Some("true")) => Some(id.to_owned()),
         _ => None,
     }
-}
-
-async fn admin(base: &str, id: &str) -> serde_json::Value {
-    let all: serde_json::Value = reqwest::get(format!("{base}/admin/devices"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    all.as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["id"] == id)
-        .cloned()
-        .unwrap()
 }
 
 fn phase(state: &Path) -> String {
@@ -131,7 +104,7 @@ fn summary(label: &str, v: &mut [f64]) -> f64 {
 /// The floor: create a renter container like the governor does and time `docker rm -f` on it.
 fn bare_removal() -> f64 {
     let name = format!("p2pvps-bench-floor-{}", device());
-    let (ok, _) = docker(&[
+    let (ok, _, _) = docker(&[
         "run",
         "-d",
         "--init",

@@ -96,6 +96,20 @@ impl World {
             .collect()
     }
 
+    /// Run a governor until it serves a rental, then stop it; returns the rental's storage path.
+    async fn serve_then_stop(&self) -> PathBuf {
+        let lc = self.lifecycle();
+        self.drive(&lc, async {
+            until(Duration::from_secs(5), || {
+                self.state().phase == Phase::Serving
+            })
+            .await;
+        })
+        .await;
+        let containers = self.runtime.containers();
+        containers.values().next().unwrap().storage.clone()
+    }
+
     /// Run `lc` while `driver` runs; stop it when the driver is done.
     async fn drive(&self, lc: &Lc, driver: impl Future<Output = ()>) {
         let (tx, rx) = oneshot::channel::<()>();
@@ -280,19 +294,7 @@ async fn a_restart_resumes_a_live_rental_with_its_container() {
 #[tokio::test(start_paused = true)]
 async fn a_restart_after_the_expiration_ends_the_rental_first() {
     let w = World::new(1);
-    let lc = w.lifecycle();
-    w.drive(&lc, async {
-        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
-    })
-    .await;
-    let storage = w
-        .runtime
-        .containers()
-        .values()
-        .next()
-        .unwrap()
-        .storage
-        .clone();
+    let storage = w.serve_then_stop().await;
     // The governor was down across the expiration (power cut).
     tokio::time::sleep(Duration::from_hours(2)).await;
     assert_eq!(w.runtime.containers().len(), 1);
@@ -429,19 +431,7 @@ async fn an_unknown_device_keeps_trying_without_a_container() {
 #[tokio::test(start_paused = true)]
 async fn a_new_device_id_ends_the_old_rental_before_registering() {
     let w = World::new(24);
-    let lc = w.lifecycle();
-    w.drive(&lc, async {
-        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
-    })
-    .await;
-    let old = w
-        .runtime
-        .containers()
-        .values()
-        .next()
-        .unwrap()
-        .storage
-        .clone();
+    let old = w.serve_then_stop().await;
     let other = "0123456789abcdef01234567";
     let lc = w.lifecycle_for(other);
     w.drive(&lc, async {
