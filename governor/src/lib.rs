@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod marketplace;
 pub mod runtime;
+pub mod socket;
 pub mod state;
 pub mod status;
 pub mod storage;

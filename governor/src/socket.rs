@@ -1,0 +1,343 @@
+//! The governor's Unix socket, mounted into the renter's container at `/run/p2pvps`: the connector
+//! fetches its tunnel settings here and reports the tunnel's state. Later renter requests (storage
+//! passphrase, expiry notices) reuse it.
+//!
+//! Protocol: one JSON object per line each way. Requests: `{"op": "tunnel-settings"}` ->
+//! `{"ok": true, "settings": {…}}`; `{"op": "tunnel-state", "state": {"state": "up"|…, …}}` ->
+//! `{"ok": true}`. Failures answer `{"ok": false, "error": "…"}`. Everything that comes in is
+//! untrusted (the renter is root in the container): lines are capped and checked.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{info, warn};
+
+use crate::types::Secret;
+
+/// The socket's file name inside the shared directory.
+pub const SOCKET_NAME: &str = "governor.sock";
+/// Where the shared directory appears inside the container.
+pub const CONTAINER_DIR: &str = "/run/p2pvps";
+/// A request line longer than this is refused (and the connection closed).
+const LINE_LIMIT: usize = 8 * 1024;
+/// The last tunnel report, for `status`, in the state dir.
+pub const TUNNEL_FILE: &str = "tunnel.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("{path}: {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// What the connector needs to keep the tunnel (the connector's `TunnelSettings` on the wire).
+#[derive(Debug, Clone)]
+pub struct TunnelSettings {
+    pub server: String,
+    pub server_port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub host_key: Option<String>,
+    /// The port the endpoint forwards to this rental (from registration).
+    pub remote_port: u16,
+}
+
+impl TunnelSettings {
+    fn to_wire(&self) -> Value {
+        let mut v = json!({
+            "server": self.server,
+            "serverPort": self.server_port,
+            "user": self.user,
+            "remotePort": self.remote_port,
+        });
+        if let Some(p) = &self.password {
+            v["password"] = Value::String(p.expose().to_owned());
+        }
+        if let Some(k) = &self.host_key {
+            v["hostKey"] = Value::String(k.clone());
+        }
+        v
+    }
+}
+
+/// The tunnel's state as the connector last reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelReport {
+    /// `connecting`, `up` or `down`.
+    pub state: String,
+    /// Why it is down, when it is.
+    pub error: Option<String>,
+    pub reported_at: DateTime<Utc>,
+}
+
+/// Shared between the lifecycle (which sets the settings) and the socket's connections.
+#[derive(Debug, Clone, Default)]
+pub struct Hub {
+    inner: Arc<Mutex<HubInner>>,
+}
+
+#[derive(Debug, Default)]
+struct HubInner {
+    tunnel: Option<TunnelSettings>,
+    report: Option<TunnelReport>,
+    /// Where reports are saved for `status`; none in tests without a state dir.
+    report_file: Option<PathBuf>,
+}
+
+impl Hub {
+    /// A hub that saves tunnel reports in `state_dir`.
+    pub fn new(state_dir: &Path) -> Self {
+        let hub = Self::default();
+        hub.inner.lock().unwrap().report_file = Some(state_dir.join(TUNNEL_FILE));
+        hub
+    }
+
+    /// The settings handed to the connector; None between rentals.
+    pub fn set_tunnel(&self, settings: Option<TunnelSettings>) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.tunnel = settings;
+        if inner.tunnel.is_none() {
+            inner.report = None;
+            if let Some(f) = &inner.report_file {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+
+    pub fn tunnel_report(&self) -> Option<TunnelReport> {
+        self.inner.lock().unwrap().report.clone()
+    }
+
+    fn handle(&self, line: &str) -> Value {
+        let Ok(req) = serde_json::from_str::<Value>(line) else {
+            return json!({"ok": false, "error": "not a JSON object"});
+        };
+        match req.get("op").and_then(Value::as_str) {
+            Some("tunnel-settings") => match &self.inner.lock().unwrap().tunnel {
+                Some(t) => json!({"ok": true, "settings": t.to_wire()}),
+                None => json!({"ok": false, "error": "no rental in force"}),
+            },
+            Some("tunnel-state") => match parse_report(req.get("state")) {
+                Ok(report) => {
+                    self.record(report);
+                    json!({"ok": true})
+                }
+                Err(e) => json!({"ok": false, "error": e}),
+            },
+            Some(other) => {
+                json!({"ok": false, "error": format!("unknown op {:?}", crate::types::shorten(other))})
+            }
+            None => json!({"ok": false, "error": "missing \"op\""}),
+        }
+    }
+
+    fn record(&self, report: TunnelReport) {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.report.as_ref().map(|r| (&r.state, &r.error))
+            != Some((&report.state, &report.error))
+        {
+            info!(state = %report.state, error = report.error.as_deref().unwrap_or(""), "tunnel state");
+        }
+        if let Some(f) = &inner.report_file
+            && let Err(e) =
+                write_atomic(f, &serde_json::to_vec(&report).expect("report serialises"))
+        {
+            warn!(error = %e, "cannot save the tunnel state");
+        }
+        inner.report = Some(report);
+    }
+}
+
+fn parse_report(v: Option<&Value>) -> Result<TunnelReport, String> {
+    let v = v.ok_or("missing \"state\"")?;
+    let state = v
+        .get("state")
+        .and_then(Value::as_str)
+        .ok_or("state.state must be a string")?;
+    if !matches!(state, "connecting" | "up" | "down") {
+        return Err(format!(
+            "unknown tunnel state {:?}",
+            crate::types::shorten(state)
+        ));
+    }
+    let error = v
+        .get("error")
+        .and_then(Value::as_str)
+        .map(|e| crate::types::shorten(e.replace(|c: char| c.is_control(), " ").trim()));
+    Ok(TunnelReport {
+        state: state.to_owned(),
+        error,
+        reported_at: Utc::now(),
+    })
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The host directory holding the socket, bind-mounted at [`CONTAINER_DIR`].
+pub fn host_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("run")
+}
+
+/// Bind the socket in `dir` (replacing a stale one) and serve connections until dropped.
+pub async fn serve(dir: &Path, hub: Hub) -> Result<tokio::task::JoinHandle<()>, SocketError> {
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| SocketError::Io {
+            path,
+            action,
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let path = dir.join(SOCKET_NAME);
+    // A socket left by the previous run (or anything the renter put there) is replaced.
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", &path)(e)),
+        _ => {}
+    }
+    let listener = UnixListener::bind(&path).map_err(io("bind", &path))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        // Only root, in the container or on the host, talks to the governor.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io("chmod", &path))?;
+    }
+    info!(socket = %path.display(), "renter socket listening");
+    Ok(tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(connection(stream, hub.clone()));
+                }
+                Err(e) => {
+                    warn!(error = %e, "renter socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }))
+}
+
+async fn connection(stream: UnixStream, hub: Hub) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut line = Vec::new();
+        // Take<&mut BufReader> reads through the shared buffer: pipelined lines are not lost.
+        let mut limited = (&mut reader).take(LINE_LIMIT as u64 + 1);
+        match limited.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line.len() > LINE_LIMIT => {
+                let _ = write
+                    .write_all(b"{\"ok\":false,\"error\":\"line too long\"}\n")
+                    .await;
+                return;
+            }
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&line);
+        let mut answer = hub.handle(text.trim_end()).to_string();
+        answer.push('\n');
+        if write.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn ask(path: &Path, line: &str) -> Value {
+        let mut s = UnixStream::connect(path).await.unwrap();
+        s.write_all(line.as_bytes()).await.unwrap();
+        s.write_all(b"\n").await.unwrap();
+        let mut r = BufReader::new(s);
+        let mut answer = String::new();
+        r.read_line(&mut answer).await.unwrap();
+        serde_json::from_str(&answer).unwrap()
+    }
+
+    #[tokio::test]
+    async fn settings_and_reports_over_the_socket() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hub = Hub::new(tmp.path());
+        let dir = host_dir(tmp.path());
+        let _task = serve(&dir, hub.clone()).await.unwrap();
+        let sock = dir.join(SOCKET_NAME);
+
+        let a = ask(&sock, r#"{"op": "tunnel-settings"}"#).await;
+        assert_eq!(a, json!({"ok": false, "error": "no rental in force"}));
+        hub.set_tunnel(Some(TunnelSettings {
+            server: "127.0.0.1".into(),
+            server_port: 2222,
+            user: "p2pvps-tunnel".into(),
+            password: Some(Secret::password("tunnelpw").unwrap()),
+            host_key: None,
+            remote_port: 6001,
+        }));
+        let a = ask(&sock, r#"{"op": "tunnel-settings"}"#).await;
+        assert_eq!(a["settings"]["remotePort"], 6001);
+        assert_eq!(a["settings"]["password"], "tunnelpw");
+        assert!(a["settings"].get("hostKey").is_none());
+
+        let a = ask(
+            &sock,
+            r#"{"op": "tunnel-state", "state": {"state": "down", "error": "refused\n"}}"#,
+        )
+        .await;
+        assert_eq!(a, json!({"ok": true}));
+        let r = hub.tunnel_report().unwrap();
+        assert_eq!(
+            (r.state.as_str(), r.error.as_deref()),
+            ("down", Some("refused"))
+        );
+        let saved: TunnelReport =
+            serde_json::from_slice(&std::fs::read(tmp.path().join(TUNNEL_FILE)).unwrap()).unwrap();
+        assert_eq!(saved, r);
+
+        for (bad, want) in [
+            ("nonsense", "not a JSON object"),
+            (r#"{"op": "rm -rf"}"#, "unknown op"),
+            (r#"{}"#, "missing \"op\""),
+            (
+                r#"{"op": "tunnel-state", "state": {"state": "exploded"}}"#,
+                "unknown tunnel state",
+            ),
+        ] {
+            let a = ask(&sock, bad).await;
+            assert_eq!(a["ok"], false);
+            assert!(a["error"].as_str().unwrap().contains(want), "{bad}: {a}");
+        }
+        let a = ask(&sock, &"x".repeat(LINE_LIMIT + 10)).await;
+        assert_eq!(a["error"], "line too long");
+
+        hub.set_tunnel(None);
+        assert!(hub.tunnel_report().is_none());
+        assert!(!tmp.path().join(TUNNEL_FILE).exists());
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_file_is_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = host_dir(tmp.path());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(SOCKET_NAME), "junk").unwrap();
+        let _task = serve(&dir, Hub::default()).await.unwrap();
+        let a = ask(&dir.join(SOCKET_NAME), r#"{"op": "tunnel-settings"}"#).await;
+        assert_eq!(a["ok"], false);
+    }
+}
