@@ -191,8 +191,9 @@ pub fn host_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("run")
 }
 
-/// Bind the socket in `dir` (replacing a stale one) and serve connections until dropped.
-pub async fn serve(dir: &Path, hub: Hub) -> Result<tokio::task::JoinHandle<()>, SocketError> {
+/// Bind the socket in `dir` (replacing a stale one) and serve connections in a task. Call it
+/// within the tokio runtime.
+pub fn serve(dir: &Path, hub: Hub) -> Result<tokio::task::JoinHandle<()>, SocketError> {
     let io = |action: &'static str, path: &Path| {
         let path = path.to_owned();
         move |source| SocketError::Io {
@@ -276,7 +277,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let hub = Hub::new(tmp.path());
         let dir = host_dir(tmp.path());
-        let _task = serve(&dir, hub.clone()).await.unwrap();
+        let _task = serve(&dir, hub.clone()).unwrap();
         let sock = dir.join(SOCKET_NAME);
 
         let a = ask(&sock, r#"{"op": "tunnel-settings"}"#).await;
@@ -312,7 +313,7 @@ mod tests {
         for (bad, want) in [
             ("nonsense", "not a JSON object"),
             (r#"{"op": "rm -rf"}"#, "unknown op"),
-            (r#"{}"#, "missing \"op\""),
+            (r"{}", "missing \"op\""),
             (
                 r#"{"op": "tunnel-state", "state": {"state": "exploded"}}"#,
                 "unknown tunnel state",
@@ -336,7 +337,7 @@ mod tests {
         let dir = host_dir(tmp.path());
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(SOCKET_NAME), "junk").unwrap();
-        let _task = serve(&dir, Hub::default()).await.unwrap();
+        let _task = serve(&dir, Hub::default()).unwrap();
         let a = ask(&dir.join(SOCKET_NAME), r#"{"op": "tunnel-settings"}"#).await;
         assert_eq!(a["ok"], false);
     }
