@@ -12,6 +12,7 @@ use crate::config::{ConfigError, DeviceConfig, StorageDevice};
 use crate::lifecycle::{Lifecycle, LifecycleError, Settings};
 use crate::marketplace::{Marketplace, MarketplaceError};
 use crate::runtime::DockerRuntime;
+use crate::socket::{self, Hub, SocketError, TunnelEndpoint};
 use crate::state::StateStore;
 use crate::storage::DirStorage;
 
@@ -34,6 +35,8 @@ pub enum DaemonError {
     Marketplace(#[from] MarketplaceError),
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
+    #[error(transparent)]
+    Socket(#[from] SocketError),
 }
 
 /// Run the governor until `shutdown` completes.
@@ -66,6 +69,17 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
     settings.image.clone_from(&config.renter_image);
     settings.image_tar.clone_from(&config.renter_image_tar);
     settings.container_name.clone_from(&opts.container_name);
+    settings.tunnel = Some(TunnelEndpoint {
+        server: config.ssh_server.clone(),
+        server_port: config.ssh_server_port.get(),
+        user: config.ssh_user.clone(),
+        password: config.ssh_password.clone(),
+        host_key: config.ssh_host_key.clone(),
+    });
+    let socket_dir = socket::host_dir(&opts.state_dir);
+    settings.socket_dir = Some(socket_dir.clone());
+    let hub = Hub::new(&opts.state_dir);
+    let _socket = socket::serve(&socket_dir, hub.clone())?;
     let market = Marketplace::new(&config.server_url, config.device_id.clone())?;
     let runtime = tokio::select! {
         () = &mut shutdown => return Ok(()),
@@ -78,7 +92,8 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         SystemClock,
         StateStore::new(&opts.state_dir),
         settings,
-    );
+    )
+    .with_hub(hub);
     lifecycle.run(shutdown).await?;
     Ok(())
 }

@@ -20,6 +20,7 @@ use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::marketplace::{MarketplaceApi, Specs};
 use crate::runtime::{ContainerRuntime, ContainerSpec, Limits};
+use crate::socket::{Hub, TunnelEndpoint, TunnelSettings};
 use crate::state::{Heartbeat, LeaseRecord, Phase, State, StateError, StateStore, new_volume_id};
 use crate::storage::Storage;
 use crate::types::{DeviceId, PasswordHash};
@@ -48,6 +49,11 @@ pub struct Settings {
     pub limits: Limits,
     /// What registration offers.
     pub specs: Specs,
+    /// The tunnel endpoint handed to the connector (with the rental's port); none in tests that
+    /// run no tunnel.
+    pub tunnel: Option<TunnelEndpoint>,
+    /// Host directory with the governor's socket, mounted into the container.
+    pub socket_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -65,6 +71,8 @@ impl Settings {
             cmd: vec!["sleep".into(), "infinity".into()],
             limits,
             specs,
+            tunnel: None,
+            socket_dir: None,
         }
     }
 }
@@ -76,6 +84,7 @@ pub struct Lifecycle<M, R, S, C> {
     clock: C,
     store: StateStore,
     settings: Settings,
+    hub: Hub,
     phase_tx: watch::Sender<Phase>,
 }
 
@@ -107,8 +116,16 @@ where
             clock,
             store,
             settings,
+            hub: Hub::default(),
             phase_tx: watch::Sender::new(Phase::PreparingStorage),
         }
+    }
+
+    /// Serve tunnel settings (and take reports) through this hub.
+    #[must_use]
+    pub fn with_hub(mut self, hub: Hub) -> Self {
+        self.hub = hub;
+        self
     }
 
     /// Phase changes, for the LED and tests.
@@ -189,6 +206,17 @@ where
     }
 
     async fn step(&self, state: &mut State) -> Result<(), LifecycleError> {
+        // The connector may have the tunnel only while a rental is provisioned or served.
+        let tunnel = match (state.phase, &state.lease, &self.settings.tunnel) {
+            (Phase::Provisioning | Phase::Serving, Some(lease), Some(endpoint)) => {
+                Some(TunnelSettings {
+                    endpoint: endpoint.clone(),
+                    remote_port: lease.port.get(),
+                })
+            }
+            _ => None,
+        };
+        self.hub.set_tunnel(tunnel);
         match state.phase {
             Phase::PreparingStorage => self.prepare_storage(state).await,
             Phase::Registering => self.register(state).await,
@@ -279,6 +307,7 @@ where
             cmd: s.cmd.clone(),
             device: s.device.to_string(),
             storage,
+            socket_dir: s.socket_dir.clone(),
             limits: s.limits,
         };
         let id = self

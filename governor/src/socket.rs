@@ -38,30 +38,38 @@ pub enum SocketError {
     },
 }
 
-/// What the connector needs to keep the tunnel (the connector's `TunnelSettings` on the wire).
+/// The marketplace's tunnel endpoint, from the config.
 #[derive(Debug, Clone)]
-pub struct TunnelSettings {
+pub struct TunnelEndpoint {
     pub server: String,
     pub server_port: u16,
     pub user: String,
     pub password: Option<Secret>,
+    /// `SHA256:…` pin of the endpoint's host key.
     pub host_key: Option<String>,
+}
+
+/// What the connector needs to keep the tunnel (the connector's `TunnelSettings` on the wire).
+#[derive(Debug, Clone)]
+pub struct TunnelSettings {
+    pub endpoint: TunnelEndpoint,
     /// The port the endpoint forwards to this rental (from registration).
     pub remote_port: u16,
 }
 
 impl TunnelSettings {
     fn to_wire(&self) -> Value {
+        let e = &self.endpoint;
         let mut v = json!({
-            "server": self.server,
-            "serverPort": self.server_port,
-            "user": self.user,
+            "server": e.server,
+            "serverPort": e.server_port,
+            "user": e.user,
             "remotePort": self.remote_port,
         });
-        if let Some(p) = &self.password {
+        if let Some(p) = &e.password {
             v["password"] = Value::String(p.expose().to_owned());
         }
-        if let Some(k) = &self.host_key {
+        if let Some(k) = &e.host_key {
             v["hostKey"] = Value::String(k.clone());
         }
         v
@@ -111,6 +119,11 @@ impl Hub {
                 let _ = std::fs::remove_file(f);
             }
         }
+    }
+
+    /// The settings the connector gets now.
+    pub fn tunnel(&self) -> Option<TunnelSettings> {
+        self.inner.lock().unwrap().tunnel.clone()
     }
 
     pub fn tunnel_report(&self) -> Option<TunnelReport> {
@@ -283,11 +296,13 @@ mod tests {
         let a = ask(&sock, r#"{"op": "tunnel-settings"}"#).await;
         assert_eq!(a, json!({"ok": false, "error": "no rental in force"}));
         hub.set_tunnel(Some(TunnelSettings {
-            server: "127.0.0.1".into(),
-            server_port: 2222,
-            user: "p2pvps-tunnel".into(),
-            password: Some(Secret::password("tunnelpw").unwrap()),
-            host_key: None,
+            endpoint: TunnelEndpoint {
+                server: "127.0.0.1".into(),
+                server_port: 2222,
+                user: "p2pvps-tunnel".into(),
+                password: Some(Secret::password("tunnelpw").unwrap()),
+                host_key: None,
+            },
             remote_port: 6001,
         }));
         let a = ask(&sock, r#"{"op": "tunnel-settings"}"#).await;

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Local, Utc};
 use serde::Serialize;
 
+use crate::socket::{TUNNEL_FILE, TunnelReport};
 use crate::state::{State, StateError, StateStore};
 
 /// The public view of the state.
@@ -21,6 +22,8 @@ pub struct StatusView {
     pub rentals_completed: u64,
     pub last_heartbeat: Option<DateTime<Utc>>,
     pub last_heartbeat_error: Option<String>,
+    /// The tunnel as the connector last reported it.
+    pub tunnel: Option<TunnelReport>,
 }
 
 impl StatusView {
@@ -37,6 +40,7 @@ impl StatusView {
                 rentals_completed: 0,
                 last_heartbeat: None,
                 last_heartbeat_error: None,
+                tunnel: None,
             };
         };
         Self {
@@ -50,6 +54,7 @@ impl StatusView {
             rentals_completed: s.rentals_completed,
             last_heartbeat: s.last_heartbeat.as_ref().map(|h| h.at),
             last_heartbeat_error: s.last_heartbeat.as_ref().and_then(|h| h.error.clone()),
+            tunnel: None,
         }
     }
 
@@ -78,6 +83,16 @@ impl StatusView {
         }
         if let Some(v) = &self.storage_volume {
             line("storage volume", v);
+        }
+        if let Some(t) = &self.tunnel {
+            let detail = t
+                .error
+                .as_deref()
+                .map_or(String::new(), |e| format!(": {e}"));
+            line(
+                "tunnel",
+                &format!("{}{detail} ({})", t.state, relative(t.reported_at, now)),
+            );
         }
         line("rentals done", &self.rentals_completed.to_string());
         if let Some(at) = self.last_heartbeat {
@@ -109,7 +124,12 @@ pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 }
 
 pub fn load(store: &StateStore) -> Result<StatusView, StateError> {
-    Ok(StatusView::from_state(store.load()?.as_ref()))
+    let mut view = StatusView::from_state(store.load()?.as_ref());
+    // Written by the running governor; absent between rentals.
+    view.tunnel = std::fs::read(store.dir().join(TUNNEL_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    Ok(view)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ fn spec(name: &str, device: &str, storage: &std::path::Path) -> ContainerSpec {
         cmd: vec!["sleep".into(), "infinity".into()],
         device: device.into(),
         storage: storage.into(),
+        socket_dir: None,
         limits: Limits {
             memory_bytes: 256 << 20,
             nano_cpus: 1_500_000_000,

@@ -12,6 +12,7 @@ use p2pvps_governor::lifecycle::{Lifecycle, Settings};
 use p2pvps_governor::marketplace::{FakeMarketplace, Specs};
 use p2pvps_governor::runtime::fake::FakeContainer;
 use p2pvps_governor::runtime::{FakeRuntime, Limits};
+use p2pvps_governor::socket::{Hub, TunnelEndpoint};
 use p2pvps_governor::state::{Phase, State, StateStore};
 use p2pvps_governor::storage::DirStorage;
 use p2pvps_governor::types::DeviceId;
@@ -61,7 +62,15 @@ impl World {
         self.lifecycle_for(DEVICE)
     }
 
+    fn lifecycle_with(&self, f: impl FnOnce(&mut Settings)) -> Lc {
+        self.build(DEVICE, f)
+    }
+
     fn lifecycle_for(&self, device: &str) -> Lc {
+        self.build(device, |_| {})
+    }
+
+    fn build(&self, device: &str, f: impl FnOnce(&mut Settings)) -> Lc {
         let specs = Specs {
             memory: "4000 MB".into(),
             disk_space: "58 GB".into(),
@@ -74,6 +83,7 @@ impl World {
             Limits::for_host(4 << 30, 4),
         );
         settings.heartbeat = Duration::from_mins(10);
+        f(&mut settings);
         Lifecycle::new(
             self.market.clone(),
             self.runtime.clone(),
@@ -197,6 +207,35 @@ async fn full_cycle_registers_serves_expires_wipes_and_registers_again() {
     .await;
     // Stopping the governor leaves the renter's container running.
     assert_eq!(w.running().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_connector_gets_the_tunnel_only_while_a_rental_runs() {
+    let w = World::new(1);
+    let hub = Hub::default();
+    let endpoint = TunnelEndpoint {
+        server: "tunnel.example".into(),
+        server_port: 6100,
+        user: "sshuser".into(),
+        password: None,
+        host_key: None,
+    };
+    let lc = w
+        .lifecycle_with(|s| s.tunnel = Some(endpoint.clone()))
+        .with_hub(hub.clone());
+    assert!(hub.tunnel().is_none());
+    w.drive(&lc, async {
+        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+        let t = hub.tunnel().expect("tunnel settings while serving");
+        assert_eq!(t.remote_port, w.state().lease.unwrap().port.get());
+        assert_eq!(t.endpoint.server, "tunnel.example");
+        let first_port = t.remote_port;
+        // After the expiration the next rental's port replaces it; between the two, none.
+        until(Duration::from_secs(3700), || w.market.registrations() == 2).await;
+        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+        assert_ne!(hub.tunnel().unwrap().remote_port, first_port);
+    })
+    .await;
 }
 
 #[tokio::test(start_paused = true)]

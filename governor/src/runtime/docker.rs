@@ -203,6 +203,14 @@ impl ContainerRuntime for DockerRuntime {
             ("max-size".to_owned(), "10m".to_owned()),
             ("max-file".to_owned(), "2".to_owned()),
         ]);
+        let mut binds = vec![format!("{}:{STORAGE_MOUNT}", spec.storage.display())];
+        if let Some(dir) = &spec.socket_dir {
+            binds.push(format!(
+                "{}:{}",
+                dir.display(),
+                crate::socket::CONTAINER_DIR
+            ));
+        }
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: Some(spec.cmd.clone()),
@@ -212,7 +220,7 @@ impl ContainerRuntime for DockerRuntime {
                 spec.device.clone(),
             )])),
             host_config: Some(HostConfig {
-                binds: Some(vec![format!("{}:{STORAGE_MOUNT}", spec.storage.display())]),
+                binds: Some(binds),
                 memory: Some(spec.limits.memory_bytes),
                 // No swap beyond the memory limit: swap on an SD card would wear it out.
                 memory_swap: Some(spec.limits.memory_bytes),

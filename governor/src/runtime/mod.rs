@@ -79,6 +79,8 @@ pub struct ContainerSpec {
     pub device: String,
     /// Host path bind-mounted at [`STORAGE_MOUNT`].
     pub storage: PathBuf,
+    /// Host directory with the governor's socket, bind-mounted at `/run/p2pvps`.
+    pub socket_dir: Option<PathBuf>,
     pub limits: Limits,
 }
 
