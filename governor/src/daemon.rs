@@ -25,6 +25,8 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     /// Name of the renter container (one governor per host normally; tests run several).
     pub container_name: String,
+    /// Docker network of the renter container (tests use networks of their own).
+    pub network: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
     settings.image.clone_from(&config.renter_image);
     settings.image_tar.clone_from(&config.renter_image_tar);
     settings.container_name.clone_from(&opts.container_name);
+    settings.network.clone_from(&opts.network);
     settings.tunnel = Some(TunnelEndpoint {
         server: config.ssh_server.clone(),
         server_port: config.ssh_server_port.get(),

@@ -54,6 +54,8 @@ pub struct Settings {
     pub tunnel: Option<TunnelEndpoint>,
     /// Host directory with the governor's socket, mounted into the container.
     pub socket_dir: Option<PathBuf>,
+    /// Docker network of the renter's container.
+    pub network: String,
 }
 
 impl Settings {
@@ -73,6 +75,7 @@ impl Settings {
             specs,
             tunnel: None,
             socket_dir: None,
+            network: "bridge".into(),
         }
     }
 }
@@ -308,6 +311,7 @@ where
             device: s.device.to_string(),
             storage,
             socket_dir: s.socket_dir.clone(),
+            network: s.network.clone(),
             limits: s.limits,
         };
         let id = self

@@ -32,6 +32,9 @@ enum Command {
         /// Name of the renter's container (change it only to run several governors on one host).
         #[arg(long, default_value = "p2pvps-renter")]
         container_name: String,
+        /// Docker network of the renter's container.
+        #[arg(long, default_value = "bridge")]
+        network: String,
     },
     /// Show what the governor is doing.
     Status {
@@ -54,10 +57,12 @@ fn main() -> ExitCode {
             config,
             state_dir,
             container_name,
+            network,
         } => run(RunOptions {
             config,
             state_dir,
             container_name,
+            network,
         }),
         Command::Status { state_dir, json } => match status::load(&StateStore::new(state_dir)) {
             Ok(view) if json => {

@@ -21,6 +21,7 @@ fn spec(name: &str, device: &str, storage: &std::path::Path) -> ContainerSpec {
         device: device.into(),
         storage: storage.into(),
         socket_dir: None,
+        network: "none".into(),
         limits: Limits {
             memory_bytes: 256 << 20,
             nano_cpus: 1_500_000_000,

@@ -29,6 +29,8 @@ fn start_governor(config: &Path, state: &Path, name: &str) -> Governor {
         .arg("--state-dir")
         .arg(state)
         .args(["--container-name", name])
+        // No traffic in this test: the container needs no network.
+        .args(["--network", "none"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

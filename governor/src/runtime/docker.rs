@@ -229,7 +229,7 @@ impl ContainerRuntime for DockerRuntime {
                 privileged: Some(false),
                 // An init as PID 1 reaps zombies and passes SIGTERM on.
                 init: Some(true),
-                network_mode: Some("bridge".into()),
+                network_mode: Some(spec.network.clone()),
                 log_config: Some(HostConfigLogConfig {
                     typ: Some("json-file".into()),
                     config: Some(log_opts),

@@ -81,6 +81,8 @@ pub struct ContainerSpec {
     pub storage: PathBuf,
     /// Host directory with the governor's socket, bind-mounted at `/run/p2pvps`.
     pub socket_dir: Option<PathBuf>,
+    /// Docker network to attach to (`bridge`, the default, in production).
+    pub network: String,
     pub limits: Limits,
 }
 
