@@ -1,0 +1,182 @@
+//! The `p2pvps-connector tunnel` command: settings on stdin, logs on stdout, SIGTERM ends it with
+//! status 0, bad settings end it with EX_CONFIG.
+
+mod common;
+
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use common::{
+    Endpoint, echo_server, free_port, keygen, settings_json, tunnel_password, wait_usable,
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+struct Connector {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    seen: Vec<String>,
+}
+
+impl Connector {
+    async fn start(settings: &Value) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_p2pvps-connector"))
+            .args(["tunnel", "--settings", "-"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start p2pvps-connector");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(settings.to_string().as_bytes())
+            .await
+            .unwrap();
+        drop(stdin); // EOF: the settings are complete
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads log lines until one contains `needle`; panics with what it saw after `limit`.
+    async fn wait_line(&mut self, needle: &str, limit: Duration) -> String {
+        let found = tokio::time::timeout(limit, async {
+            while let Ok(Some(line)) = self.lines.next_line().await {
+                self.seen.push(line.clone());
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => panic!(
+                "no line with `{needle}` within {limit:?}; output:\n{}",
+                self.seen.join("\n")
+            ),
+        }
+    }
+
+    async fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().expect("still running").to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
+        self.exit_status().await
+    }
+
+    async fn exit_status(&mut self) -> ExitStatus {
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("exits within 10 s")
+            .unwrap();
+        while let Ok(Some(line)) = self.lines.next_line().await {
+            self.seen.push(line);
+        }
+        status
+    }
+
+    fn output(&self) -> String {
+        self.seen.join("\n")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_from_stdin_bring_the_tunnel_up_and_sigterm_stops_it() {
+    let endpoint = Endpoint::start();
+    let local = echo_server().await;
+    let remote = free_port();
+    let mut settings = settings_json(&endpoint, remote, local);
+    settings["hostKey"] = json!(endpoint.fingerprint);
+    let mut connector = Connector::start(&settings).await;
+
+    connector
+        .wait_line(r#""state":"up""#, Duration::from_secs(15))
+        .await;
+    wait_usable(remote, Duration::from_secs(10)).await;
+
+    let status = connector.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", connector.output());
+    let out = connector.output();
+    assert!(out.contains("SIGTERM received; stopping"), "{out}");
+    assert!(out.contains(r#"state={"state":"connecting"}"#), "{out}");
+    assert!(
+        !out.contains(&tunnel_password()),
+        "the password reached the log: {out}"
+    );
+    // Plain text for `docker logs`: stdout is a pipe here, so no colour codes.
+    assert!(!out.contains('\u{1b}'), "{out}");
+    // A clean stop tells the endpoint, which frees the port at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        endpoint.log().contains("connector stopping"),
+        "{}",
+        endpoint.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pin_gives_one_clear_log_line() {
+    let endpoint = Endpoint::start();
+    keygen(&endpoint.path("other_key"));
+    let pin = common::fingerprint(&endpoint.path("other_key.pub"));
+    let mut settings = settings_json(&endpoint, free_port(), echo_server().await);
+    settings["hostKey"] = json!(pin);
+    let mut connector = Connector::start(&settings).await;
+
+    let line = connector
+        .wait_line("host key mismatch", Duration::from_secs(15))
+        .await;
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains(&format!("expected {pin}")), "{line}");
+    assert!(
+        line.contains(&format!("the server presented {}", endpoint.fingerprint)),
+        "{line}"
+    );
+    assert_eq!(connector.terminate().await.code(), Some(0));
+    assert!(!connector.output().contains(r#""state":"up""#));
+}
+
+#[tokio::test]
+async fn bad_settings_exit_with_ex_config_naming_the_key() {
+    let settings = json!({
+        "server": "127.0.0.1",
+        "serverPort": 6100,
+        "user": "p2pvps-tunnel",
+        "password": "x",
+        "remotePort": 0,
+    });
+    let mut connector = Connector::start(&settings).await;
+    let status = connector.exit_status().await;
+    assert_eq!(status.code(), Some(78), "{}", connector.output());
+    let out = connector.output();
+    assert!(
+        out.contains("`remotePort` must be a port number 1-65535, got 0"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_settings_file_exits_with_ex_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_p2pvps-connector"))
+        .args(["tunnel", "--settings"])
+        .arg(dir.path().join("missing.json"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.contains("missing.json"), "{out}");
+}
