@@ -2,8 +2,10 @@
 //! marketplace's endpoint up, so that `ssh -p <port> user@<server>` reaches the container's sshd.
 
 pub mod backoff;
+pub mod governor;
 pub mod logging;
 pub mod secret;
+pub mod serve;
 pub mod session;
 pub mod settings;
 pub mod shutdown;

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use p2pvps_connector::serve::{ServeOptions, serve};
 use p2pvps_connector::settings::TunnelSettings;
-use p2pvps_connector::{EXIT_CONFIG, logging, shutdown, tunnel};
+use p2pvps_connector::{EXIT_CONFIG, governor, logging, shutdown, tunnel};
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -26,6 +27,14 @@ enum Command {
         /// The settings JSON: a file, or `-` for stdin (secrets never go through the environment).
         #[arg(long)]
         settings: PathBuf,
+    },
+    /// The renter container's main process: host keys, sshd, and the tunnel with settings from
+    /// the governor's socket.
+    Serve {
+        #[arg(long, default_value = governor::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long, default_value = "/usr/sbin/sshd")]
+        sshd: PathBuf,
     },
 }
 
@@ -47,6 +56,15 @@ async fn main() -> ExitCode {
             };
             tunnel::run(settings, report, shutdown::signal()).await;
             ExitCode::SUCCESS
+        }
+        Command::Serve { socket, sshd } => {
+            match serve(ServeOptions { socket, sshd }, shutdown::signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -194,6 +194,7 @@ async fn a_dead_link_is_noticed_by_keepalives_and_healed() {
     // The endpoint frees a dead session's port after 2 s, as production's 15 s × 3 would.
     let endpoint = Endpoint::start_with(EndpointOptions {
         client_alive: Some((1, 2)),
+        ..EndpointOptions::default()
     });
     let relay = FreezableRelay::start(endpoint.port).await;
     let local = echo_server().await;

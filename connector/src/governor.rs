@@ -1,0 +1,128 @@
+//! The governor's Unix socket, as seen from inside the container (`/run/p2pvps/governor.sock`):
+//! one JSON object per line each way. The connector asks for its tunnel settings and reports the
+//! tunnel's state; the governor's side is `governor/src/socket.rs`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::backoff::Backoff;
+use crate::settings::TunnelSettings;
+use crate::state::TunnelState;
+
+/// Where the governor's socket is mounted in the renter's container.
+pub const DEFAULT_SOCKET: &str = "/run/p2pvps/governor.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GovernorError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: the governor closed the connection")]
+    Closed { path: PathBuf },
+    #[error("{path}: the governor refused: {reason}")]
+    Refused { path: PathBuf, reason: String },
+    #[error("{path}: unusable answer: {reason}")]
+    BadAnswer { path: PathBuf, reason: String },
+}
+
+/// One request, one answer line.
+async fn ask(path: &Path, request: &Value) -> Result<Value, GovernorError> {
+    let io = |source| GovernorError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let stream = UnixStream::connect(path).await.map_err(io)?;
+    let (read, mut write) = stream.into_split();
+    let mut line = request.to_string();
+    line.push('\n');
+    write.write_all(line.as_bytes()).await.map_err(io)?;
+    let mut answer = String::new();
+    if BufReader::new(read)
+        .read_line(&mut answer)
+        .await
+        .map_err(io)?
+        == 0
+    {
+        return Err(GovernorError::Closed {
+            path: path.to_owned(),
+        });
+    }
+    let value: Value = serde_json::from_str(&answer).map_err(|e| GovernorError::BadAnswer {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if value.get("ok") == Some(&Value::Bool(true)) {
+        Ok(value)
+    } else {
+        Err(GovernorError::Refused {
+            path: path.to_owned(),
+            reason: value
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given")
+                .to_owned(),
+        })
+    }
+}
+
+/// The tunnel settings from the governor, asked again (with backoff) until it has them: the
+/// container may start before the governor's socket is up.
+pub async fn tunnel_settings(path: &Path) -> TunnelSettings {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    loop {
+        let result = ask(path, &json!({"op": "tunnel-settings"}))
+            .await
+            .and_then(|answer| {
+                let settings = answer.get("settings").cloned().unwrap_or(Value::Null);
+                serde_json::from_value::<TunnelSettings>(settings).map_err(|e| {
+                    GovernorError::BadAnswer {
+                        path: path.to_owned(),
+                        reason: e.to_string(),
+                    }
+                })
+            });
+        match result {
+            Ok(settings) => return settings,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in = ?delay, "no tunnel settings from the governor yet");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Sends the latest tunnel state to the governor whenever it changes, and again after a failed
+/// send (only the newest state matters).
+pub async fn report_states(path: PathBuf, mut states: watch::Receiver<Option<TunnelState>>) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let state = states.borrow_and_update().clone();
+        if let Some(state) = state {
+            let request = json!({"op": "tunnel-state", "state": state});
+            match ask(&path, &request).await {
+                Ok(_) => {
+                    debug!(%state, "reported to the governor");
+                    backoff.reset();
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, "cannot report the tunnel state to the governor");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            }
+        }
+        if states.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! `p2pvps-connector serve`: the renter container's main process (under Docker's init, which reaps
+//! zombies and forwards SIGTERM). It makes the container's SSH host keys on first start (never baked
+//! into the image), keeps sshd running, fetches the tunnel settings from the governor and keeps the
+//! tunnel up, reporting its state back.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::{governor, tunnel};
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The governor's socket.
+    pub socket: PathBuf,
+    /// The sshd binary.
+    pub sshd: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("`{command}`: {reason}")]
+    Command { command: String, reason: String },
+}
+
+/// Run until `shutdown` completes.
+pub async fn serve(
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    host_keys().await?;
+    std::fs::create_dir_all("/run/sshd").map_err(|e| ServeError::Command {
+        command: "mkdir /run/sshd".into(),
+        reason: e.to_string(),
+    })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sshd = tokio::spawn(keep_sshd(opts.sshd.clone(), stop_rx.clone()));
+
+    let (state_tx, state_rx) = watch::channel(None);
+    let reporter = tokio::spawn(governor::report_states(opts.socket.clone(), state_rx));
+    let work = async {
+        let settings = governor::tunnel_settings(&opts.socket).await;
+        info!(endpoint = %settings.endpoint(), "tunnel settings received");
+        let mut stop = stop_rx.clone();
+        tunnel::run(
+            settings,
+            |state| {
+                state_tx.send_replace(Some(state));
+            },
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )
+        .await;
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        () = shutdown => {
+            info!("stopping");
+            stop_tx.send_replace(true);
+            // The tunnel says goodbye to the endpoint so the port is free for the next rental.
+            let _ = tokio::time::timeout(Duration::from_secs(3), &mut work).await;
+        }
+        () = &mut work => {}
+    }
+    stop_tx.send_replace(true);
+    let _ = sshd.await;
+    reporter.abort();
+    Ok(())
+}
+
+/// `ssh-keygen -A` makes whichever host keys are missing: fresh ones per container.
+async fn host_keys() -> Result<(), ServeError> {
+    let out = Command::new("ssh-keygen")
+        .arg("-A")
+        .output()
+        .await
+        .map_err(|e| ServeError::Command {
+            command: "ssh-keygen -A".into(),
+            reason: e.to_string(),
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ServeError::Command {
+            command: "ssh-keygen -A".into(),
+            reason: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+}
+
+/// sshd in the foreground, restarted with backoff if it dies, stopped when `stop` turns true.
+async fn keep_sshd(sshd: PathBuf, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        let mut child = match spawn_sshd(&sshd) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(sshd = %sshd.display(), error = %e, "cannot start sshd");
+                sleep_or_stop(backoff.next_delay(), &mut stop).await;
+                continue;
+            }
+        };
+        info!(pid = child.id().unwrap_or(0), "sshd started");
+        let status = tokio::select! {
+            status = child.wait() => status,
+            () = stopped(&mut stop) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return;
+            }
+        };
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        warn!(status = ?status, retry_in = ?delay, "sshd exited; starting it again");
+        sleep_or_stop(delay, &mut stop).await;
+    }
+}
+
+fn spawn_sshd(sshd: &Path) -> std::io::Result<tokio::process::Child> {
+    // -D: stay in the foreground (we supervise it); -e: log to stderr, i.e. the container log.
+    Command::new(sshd)
+        .args(["-D", "-e"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+}
+
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        () = tokio::time::sleep(d) => {}
+        () = stopped(stop) => {}
+    }
+}
+
+/// Completes once `stop` is true (the watch guard is dropped inside, keeping callers `Send`).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
