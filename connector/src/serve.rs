@@ -44,17 +44,18 @@ pub async fn serve(
     let (state_tx, state_rx) = watch::channel(None);
     let reporter = tokio::spawn(governor::report_states(opts.socket.clone(), state_rx));
     let work = async {
-        let settings = governor::tunnel_settings(&opts.socket).await;
-        info!(endpoint = %settings.endpoint(), "tunnel settings received");
         let mut stop = stop_rx.clone();
+        let settings = tokio::select! {
+            s = governor::tunnel_settings(&opts.socket) => s,
+            () = stopped(&mut stop) => return,
+        };
+        info!(endpoint = %settings.endpoint(), "tunnel settings received");
         tunnel::run(
             settings,
             |state| {
                 state_tx.send_replace(Some(state));
             },
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
+            async move { stopped(&mut stop).await },
         )
         .await;
     };

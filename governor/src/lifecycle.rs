@@ -70,7 +70,8 @@ impl Settings {
             container_name: "p2pvps-renter".into(),
             image: crate::config::DEFAULT_RENTER_IMAGE.into(),
             image_tar: None,
-            cmd: vec!["sleep".into(), "infinity".into()],
+            // The connector starts sshd and keeps the tunnel (image/renter/build installs it).
+            cmd: vec!["/usr/local/bin/p2pvps-connector".into(), "serve".into()],
             limits,
             specs,
             tunnel: None,

@@ -100,16 +100,19 @@ pub struct Username(String);
 
 impl Username {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
-        let mut bytes = s.bytes();
-        let first_ok = bytes
+        // The marketplace generates alphanumeric names, so a leading digit must pass (Debian's
+        // useradd takes it); an all-digit name would read as a uid to chown and friends.
+        let first_ok = s
+            .bytes()
             .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let all_digits = s.bytes().all(|b| b.is_ascii_digit());
         let rest_ok = s
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if !(first_ok && rest_ok && s.len() <= 32) {
+        if !(first_ok && rest_ok && !all_digits && s.len() <= 32) {
             return Err(Invalid(format!(
-                "username must be a POSIX login name (a letter or _ first, then letters, digits, _ . -; at most 32), got {:?}",
+                "username must be a login name (letters, digits, _ . -, not all digits, not starting with - or .; at most 32), got {:?}",
                 shorten(s)
             )));
         }
@@ -275,6 +278,7 @@ mod tests {
     fn usernames_from_a_hostile_server_are_refused() {
         assert!(Username::parse("aB3xY9zQ1k").is_ok());
         assert!(Username::parse("_renter-1.x").is_ok());
+        assert!(Username::parse("2MWwJWY94o").is_ok(), "the marketplace's names may start with a digit");
         for bad in [
             "",
             "-rf",
@@ -283,7 +287,8 @@ mod tests {
             "a b",
             "a;rm -rf /",
             "../etc",
-            "1abc",
+            "1234567890",
+            ".hidden",
             "systemd-network",
             &"a".repeat(33),
             "é",

@@ -98,11 +98,11 @@ async fn hostile_registration_answers_are_refused_with_the_reason() {
         ),
         (
             device(&GOOD.replace("aB3xY9zQ1k", "x;reboot")),
-            "POSIX login name",
+            "must be a login name",
         ),
         (
             device(&GOOD.replace("aB3xY9zQ1k", "--help")),
-            "POSIX login name",
+            "must be a login name",
         ),
         (
             device(&GOOD.replace("Xy7pQ2mN0a", "a\\nb")),
