@@ -185,7 +185,7 @@ fn parse_report(v: Option<&Value>) -> Result<TunnelReport, String> {
     let error = v
         .get("error")
         .and_then(Value::as_str)
-        .map(|e| crate::types::shorten(e.replace(|c: char| c.is_control(), " ").trim()));
+        .map(|e| crate::types::shorten_to(e.replace(|c: char| c.is_control(), " ").trim(), 400));
     Ok(TunnelReport {
         state: state.to_owned(),
         error,

@@ -171,10 +171,16 @@ pub struct PasswordHash(String);
 
 impl PasswordHash {
     pub fn of(password: &Secret) -> Self {
+        Self::with_salt(password, &rand::random())
+    }
+
+    /// glibc's crypt reads at most 16 salt characters: 12 random bytes encode to exactly 16, so
+    /// the hash string is the one glibc computes (the crate's default 22-character salt is not).
+    fn with_salt(password: &Secret, salt: &[u8; 12]) -> Self {
         use sha_crypt::PasswordHasher as _;
         let hash = sha_crypt::ShaCrypt::default()
-            .hash_password(password.expose().as_bytes())
-            .expect("SHA-512-crypt of a short password with a random salt cannot fail");
+            .hash_password_with_salt(password.expose().as_bytes(), salt)
+            .expect("SHA-512-crypt of a short password cannot fail");
         Self(hash.to_string())
     }
 
@@ -202,11 +208,15 @@ impl fmt::Debug for PasswordHash {
 
 /// Cut a hostile value short before it goes into an error message.
 pub(crate) fn shorten(s: &str) -> String {
-    const MAX: usize = 40;
-    if s.chars().count() <= MAX {
+    shorten_to(s, 40)
+}
+
+/// As [`shorten`], for longer texts (a tunnel error names two fingerprints).
+pub(crate) fn shorten_to(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
         s.to_owned()
     } else {
-        let head: String = s.chars().take(MAX).collect();
+        let head: String = s.chars().take(max).collect();
         format!("{head}…")
     }
 }
@@ -278,7 +288,10 @@ mod tests {
     fn usernames_from_a_hostile_server_are_refused() {
         assert!(Username::parse("aB3xY9zQ1k").is_ok());
         assert!(Username::parse("_renter-1.x").is_ok());
-        assert!(Username::parse("2MWwJWY94o").is_ok(), "the marketplace's names may start with a digit");
+        assert!(
+            Username::parse("2MWwJWY94o").is_ok(),
+            "the marketplace's names may start with a digit"
+        );
         for bad in [
             "",
             "-rf",
@@ -314,6 +327,17 @@ mod tests {
     fn secret_debug_is_redacted() {
         let s = Secret::password("hunter2hunter2").unwrap();
         assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+
+    #[test]
+    fn password_hash_is_what_glibc_computes() {
+        // Known answer from glibc: `openssl passwd -6 -salt 5Qk/5Qk/5Qk/5Qk/ pw1` prints the same
+        // digest (without the explicit default rounds, which glibc accepts and keeps).
+        let h = PasswordHash::with_salt(&Secret::password("pw1").unwrap(), &[7; 12]);
+        assert_eq!(
+            h.as_str(),
+            "$6$rounds=5000$5Qk/5Qk/5Qk/5Qk/$SQZSyZe2yI/OnDSkSgIqDjSZebCIHUmwqDxA2ebRN2DohCrRhMQfxdDPm.QullCYaMdlrLaP48eQnbCqAn74v/"
+        );
     }
 
     #[test]

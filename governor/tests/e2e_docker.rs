@@ -4,61 +4,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{Cleanup, admin_device, docker, random_device};
+use common::{Cleanup, admin_device, docker, random_device, start_governor, status, wait_for};
 use p2pvps_devserver::{Options, spawn};
 
 const LEASE: Duration = Duration::from_secs(20);
-
-struct Governor(Child);
-
-impl Drop for Governor {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_governor(config: &Path, state: &Path, name: &str) -> Governor {
-    let child = Command::new(env!("CARGO_BIN_EXE_p2pvps-governor"))
-        .args(["run", "--config"])
-        .arg(config)
-        .arg("--state-dir")
-        .arg(state)
-        .args(["--container-name", name])
-        // No traffic in this test: the container needs no network.
-        .args(["--network", "none"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("governor starts");
-    Governor(child)
-}
-
-async fn wait_for<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn status(state: &Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_p2pvps-governor"))
-        .args(["status", "--json", "--state-dir"])
-        .arg(state)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 fn storage_dirs(state: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(state.join("storage"))
@@ -93,7 +46,8 @@ async fn a_rental_cycle_on_the_real_engine() {
     )
     .unwrap();
     let state = tmp.path().join("state");
-    let governor = start_governor(&config, &state, &name);
+    // No traffic in this test: the container needs no network.
+    let governor = start_governor(&config, &state, &name, "none");
 
     // Registered, and the container runs with the login.
     let first = wait_for(

@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests that use real components.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A fresh random device id (24 hex digits), so tests on the shared engine never collide.
 pub fn random_device() -> String {
@@ -55,4 +57,54 @@ pub async fn admin_device(base: &str, id: &str) -> serde_json::Value {
         .find(|d| d["id"] == id)
         .cloned()
         .expect("device listed")
+}
+
+/// A governor process, killed when dropped.
+pub struct Governor(pub Child);
+
+impl Drop for Governor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `p2pvps-governor run` with this config and state dir; its renter container gets `name` on the
+/// Docker network `network`. Logs go to the test's stderr.
+pub fn start_governor(config: &Path, state: &Path, name: &str, network: &str) -> Governor {
+    let child = Command::new(env!("CARGO_BIN_EXE_p2pvps-governor"))
+        .args(["run", "--config"])
+        .arg(config)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--container-name", name, "--network", network])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("governor starts");
+    Governor(child)
+}
+
+/// `p2pvps-governor status --json`.
+pub fn status(state: &Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_p2pvps-governor"))
+        .args(["status", "--json", "--state-dir"])
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Poll `f` every 50 ms until it gives a value; fail the test after `limit`.
+pub async fn wait_for<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
