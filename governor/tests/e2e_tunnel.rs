@@ -269,16 +269,27 @@ async fn a_renter_logs_in_with_sudo_and_a_re_rent_changes_the_login() {
         .await
         .unwrap();
     assert!(r.status().is_success());
-    let (user2, password2, port2) = rig.serving(2, Duration::from_secs(90)).await;
-    assert_ne!(user2, user);
-    let took = login_works(port2, &user2, &password2, Duration::from_secs(30)).await;
+    let (next_user, next_password, next_port) = rig.serving(2, Duration::from_secs(90)).await;
+    assert_ne!(next_user, user);
+    let took = login_works(
+        next_port,
+        &next_user,
+        &next_password,
+        Duration::from_secs(30),
+    )
+    .await;
     eprintln!("new renter logged in {took:?} after the tunnel reported up");
-    let o = ssh(port2, &user, &password, "true");
+    let o = ssh(next_port, &user, &password, "true");
     assert!(
         !o.status.success(),
         "the previous renter's login still works"
     );
-    let o = ssh(port2, &user2, &password2, "ls -A /media/storage");
+    let o = ssh(
+        next_port,
+        &next_user,
+        &next_password,
+        "ls -A /media/storage",
+    );
     assert_eq!(stdout(&o), "", "the new renter sees the old files");
 }
 
@@ -300,7 +311,7 @@ async fn the_tunnel_heals_after_an_endpoint_restart_and_a_stale_port() {
     rig.endpoint.restart();
     wait_for(
         "the refused forward to be reported",
-        Duration::from_secs(60),
+        Duration::from_mins(1),
         async || {
             let t = status(&rig.state)["tunnel"].clone();
             (t["state"] == "down" && t["error"].as_str().is_some_and(|e| e.contains("refused")))
