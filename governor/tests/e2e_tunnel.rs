@@ -307,7 +307,13 @@ async fn the_tunnel_heals_after_an_endpoint_restart_and_a_stale_port() {
     // The endpoint goes down and, while it is down, something else holds the forwarded port: the
     // forward is refused until the stale listener goes away.
     rig.endpoint.kill();
-    let stale = std::net::TcpListener::bind(("127.0.0.1", port)).expect("hold the port");
+    // The killed sessions' sockets close a moment after the kill.
+    let stale = wait_for(
+        "the forward's port to be free",
+        Duration::from_secs(10),
+        async || std::net::TcpListener::bind(("127.0.0.1", port)).ok(),
+    )
+    .await;
     rig.endpoint.restart();
     wait_for(
         "the refused forward to be reported",
