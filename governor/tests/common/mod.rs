@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests that use real components.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod tunnel;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

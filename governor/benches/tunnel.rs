@@ -1,0 +1,207 @@
+//! Tunnel figures (run through `scripts/bench-tunnel`): a copy and a login through the connector's
+//! tunnel (russh) against the same through a reverse forward made by OpenSSH's `ssh -R` from the
+//! same container to the same endpoint, side by side; and the time from a renter container's start
+//! to a renter's first login through the tunnel. Settings: P2PVPS_BENCH_MIB (64), _ROUNDS (5).
+
+#![allow(clippy::cast_precision_loss)] // figures for display
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::tunnel::{Rig, login_works, ssh};
+use common::{docker, wait_for};
+use p2pvps_testkit::{TUNNEL_USER, free_port};
+
+fn env_num(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `ssh … 'cat > /dev/null' < file`: seconds for the whole copy.
+fn copy(port: u16, user: &str, password: &str, file: &std::path::Path) -> f64 {
+    let started = Instant::now();
+    let status = Command::new("sshpass")
+        .args(["-p", password, "ssh", "-p", &port.to_string()])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "PubkeyAuthentication=no", "-o", "LogLevel=ERROR"])
+        .arg(format!("{user}@127.0.0.1"))
+        .arg("cat > /dev/null")
+        .stdin(std::fs::File::open(file).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success(), "copy through port {port} failed");
+    started.elapsed().as_secs_f64()
+}
+
+fn login_secs(port: u16, user: &str, password: &str) -> f64 {
+    let started = Instant::now();
+    assert!(ssh(port, user, password, "true").status.success());
+    started.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// OpenSSH's reverse forward of `port` to the container's sshd, run inside the renter container
+/// with a key the endpoint accepts: the baseline path.
+fn openssh_forward(rig: &Rig, port: u16) {
+    let key = "/root/.ssh/bench_key";
+    let (ok, _, err) = docker(&[
+        "exec",
+        &rig.name,
+        "sh",
+        "-c",
+        &format!("mkdir -p /root/.ssh && ssh-keygen -q -t ed25519 -N '' -f {key}"),
+    ]);
+    assert!(ok, "{err}");
+    let (_, public, _) = docker(&["exec", &rig.name, "cat", &format!("{key}.pub")]);
+    std::fs::write(rig.endpoint.path("authorized_keys"), format!("{public}\n")).unwrap();
+    let forward = format!("0.0.0.0:{port}:127.0.0.1:22");
+    let endpoint = rig.network.gateway.to_string();
+    let eport = rig.endpoint.port.to_string();
+    let status = Command::new("docker")
+        .args([
+            "exec",
+            "-d",
+            &rig.name,
+            "ssh",
+            "-i",
+            key,
+            "-N",
+            "-o",
+            "StrictHostKeyChecking=no",
+        ])
+        .args([
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &forward,
+            "-p",
+            &eport,
+        ])
+        .arg(format!("{TUNNEL_USER}@{endpoint}"))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mib = env_num("P2PVPS_BENCH_MIB", 64);
+    let rounds = env_num("P2PVPS_BENCH_ROUNDS", 5);
+    let rig = Rig::start(None).await;
+    let (user, password, port) = rig.serving(1, Duration::from_mins(2)).await;
+    login_works(port, &user, &password, Duration::from_mins(1)).await;
+
+    let baseline_port = free_port();
+    openssh_forward(&rig, baseline_port);
+    login_works(baseline_port, &user, &password, Duration::from_secs(30)).await;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("payload");
+    // Incompressible enough that no layer's compression flatters either path.
+    let data: Vec<u8> = (0..mib * 1024 * 1024)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 13) & 0xff).to_le_bytes()[0])
+        .collect();
+    std::fs::write(&file, data).unwrap();
+
+    let (mut ours, mut theirs, mut ours_login, mut theirs_login) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        // Alternate the two paths so that machine noise hits both alike.
+        ours.push(copy(port, &user, &password, &file));
+        theirs.push(copy(baseline_port, &user, &password, &file));
+        ours_login.push(login_secs(port, &user, &password));
+        theirs_login.push(login_secs(baseline_port, &user, &password));
+    }
+    let (copy_ours, copy_base) = (median(ours), median(theirs));
+    let size = mib as f64;
+    println!(
+        "{:<46} {:7.1} MiB/s  (copy of {mib} MiB, median of {rounds})",
+        "throughput, connector tunnel (russh)",
+        size / copy_ours
+    );
+    println!(
+        "{:<46} {:7.1} MiB/s",
+        "throughput, OpenSSH ssh -R (baseline)",
+        size / copy_base
+    );
+    println!(
+        "{:<46} {:7.2}x   (goal >= 0.8)",
+        "throughput ratio connector / OpenSSH",
+        copy_base / copy_ours
+    );
+    let (login_ours, login_base) = (median(ours_login), median(theirs_login));
+    println!(
+        "{:<46} {:7.1} ms  (ssh login + command, median of {rounds})",
+        "login round trip, connector tunnel",
+        login_ours * 1000.0
+    );
+    println!(
+        "{:<46} {:7.1} ms",
+        "login round trip, OpenSSH ssh -R",
+        login_base * 1000.0
+    );
+    println!(
+        "{:<46} {:7.2}x   (lower is better)",
+        "latency ratio connector / OpenSSH",
+        login_ours / login_base
+    );
+
+    // A new rental's container: from its start to the first renter login through the tunnel.
+    let mut starts = vec![];
+    for n in 2..2 + rounds {
+        let r = common::http()
+            .post(format!("{}/admin/expire/{}", rig.base(), rig.device))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        let (user, password, port) = wait_for(
+            "the next rental's lease",
+            Duration::from_mins(1),
+            async || {
+                let d = common::admin_device(&rig.base(), &rig.device).await;
+                let l = &d["lease"];
+                (d["registrations"] == n).then(|| {
+                    (
+                        l["username"].as_str().unwrap().to_owned(),
+                        l["password"].as_str().unwrap().to_owned(),
+                        u16::try_from(l["port"].as_u64().unwrap()).unwrap(),
+                    )
+                })
+            },
+        )
+        .await;
+        loop {
+            let o = ssh(port, &user, &password, "true");
+            if o.status.success() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let usable = Utc::now();
+        let (_, started, _) = docker(&["inspect", "--format", "{{.State.StartedAt}}", &rig.name]);
+        let started: DateTime<Utc> = started.parse().unwrap();
+        starts.push((usable - started).num_milliseconds() as f64);
+    }
+    println!(
+        "{:<46} {:7.0} ms  (median of {rounds}; poll 50 ms)",
+        "container start -> first renter login",
+        median(starts)
+    );
+}

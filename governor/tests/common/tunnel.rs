@@ -1,0 +1,196 @@
+//! A device with a tunnel, for the tunnel tests and benchmark: a Docker network of the test's own,
+//! Debian's sshd as the endpoint on its gateway and 127.0.0.1, the devserver, and the governor
+//! binary whose renter container joins that network.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use p2pvps_devserver::{Options, Running, spawn};
+use p2pvps_testkit::{Endpoint, EndpointOptions, TUNNEL_USER, tunnel_password};
+
+use super::{
+    Cleanup, Governor, admin_device, docker, random_device, start_governor, status, wait_for,
+};
+
+/// A Docker network of the test's own, removed when dropped.
+pub struct Network {
+    pub name: String,
+    pub gateway: IpAddr,
+}
+
+impl Network {
+    pub fn create() -> Self {
+        let name = format!("p2pvps-t-{}", &random_device()[..12]);
+        let (ok, _, err) = docker(&["network", "create", &name]);
+        assert!(ok, "docker network create: {err}");
+        let (ok, gw, err) = docker(&[
+            "network",
+            "inspect",
+            "--format",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            &name,
+        ]);
+        assert!(ok, "{err}");
+        Self {
+            name,
+            gateway: gw.parse().expect("gateway address"),
+        }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = docker(&["network", "rm", &self.name]);
+    }
+}
+
+/// One device: a devserver, an endpoint, a network and a governor, torn down in the right order.
+pub struct Rig {
+    governor: Option<Governor>,
+    _cleanup: Cleanup,
+    pub endpoint: Endpoint,
+    pub network: Network,
+    server: Option<Running>,
+    pub device: String,
+    /// The renter container's name.
+    pub name: String,
+    pub state: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Rig {
+    pub async fn start(host_key: Option<&str>) -> Self {
+        let network = Network::create();
+        let endpoint = Endpoint::start_with(EndpointOptions {
+            listen: vec![network.gateway],
+            // A dead session frees its forwarded port in seconds, as a restart test needs.
+            client_alive: Some((2, 2)),
+        });
+        let device = random_device();
+        let name = format!("p2pvps-tun-{}", &device[..12]);
+        // Ports of its own per test, so parallel tests never share one.
+        let first_port = 20_000 + u16::from_str_radix(&device[..3], 16).unwrap() * 8;
+        let server = spawn(
+            "127.0.0.1:0".parse().unwrap(),
+            Options {
+                devices: vec![device.clone()],
+                lease: Duration::from_hours(1),
+                first_port,
+                ..Options::default()
+            },
+        )
+        .await
+        .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("device-config.json");
+        let pin = host_key.map_or(String::new(), |k| format!(r#", "sshHostKey": "{k}""#));
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"deviceId": "{device}", "serverUrl": "{}", "storageDevice": "none", "heartbeatSeconds": 2,
+                    "led": "none", "sshServer": "{}", "sshServerPort": {}, "sshUser": "{TUNNEL_USER}",
+                    "sshPassword": "{}"{pin}}}"#,
+                server.url(),
+                network.gateway,
+                endpoint.port,
+                tunnel_password(),
+            ),
+        )
+        .unwrap();
+        let state = tmp.path().join("state");
+        let governor = start_governor(&config, &state, &name, &network.name);
+        Self {
+            governor: Some(governor),
+            _cleanup: Cleanup(vec![name.clone()]),
+            endpoint,
+            network,
+            server: Some(server),
+            device,
+            name,
+            state,
+            _tmp: tmp,
+        }
+    }
+
+    pub fn base(&self) -> String {
+        self.server.as_ref().unwrap().url()
+    }
+
+    /// The current lease from the marketplace's side, once the device serves it with the tunnel up.
+    pub async fn serving(&self, registrations: u64, limit: Duration) -> (String, String, u16) {
+        wait_for("the rental served through the tunnel", limit, async || {
+            let d = admin_device(&self.base(), &self.device).await;
+            let st = status(&self.state);
+            let ready = d["registrations"] == registrations
+                && st["phase"] == "serving"
+                && st["tunnel"]["state"] == "up";
+            ready.then(|| {
+                let l = &d["lease"];
+                (
+                    l["username"].as_str().unwrap().to_owned(),
+                    l["password"].as_str().unwrap().to_owned(),
+                    u16::try_from(l["port"].as_u64().unwrap()).unwrap(),
+                )
+            })
+        })
+        .await
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.governor.take();
+        if let Some(server) = self.server.take() {
+            drop(server);
+        }
+    }
+}
+
+/// `ssh` as a renter would type it, with the password given by sshpass.
+pub fn ssh(port: u16, user: &str, password: &str, command: &str) -> Output {
+    Command::new("sshpass")
+        .args(["-p", password, "ssh", "-p", &port.to_string()])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg(format!("{user}@127.0.0.1"))
+        .arg(command)
+        .output()
+        .expect("run ssh")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+pub async fn login_works(port: u16, user: &str, password: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut last = None;
+    let deadline = Instant::now() + limit;
+    loop {
+        let o = ssh(port, user, password, "whoami");
+        if o.status.success() && stdout(&o) == user {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no login through the tunnel within {limit:?}: {last:?}"
+        );
+        last = Some(o);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    started.elapsed()
+}
