@@ -99,12 +99,14 @@ async fn a_rental_cycle_on_the_real_engine() {
         "status shows the hash"
     );
 
-    // The lease ends: the container is gone within 2 s of the expiration instant.
+    // The lease ends: the container is gone within 2 s of the expiration instant. Watched by id:
+    // the next rental's container takes the same name within a second.
+    let (_, first_id, _) = docker(&["inspect", "--format", "{{.Id}}", &name]);
     let gone_at = wait_for(
         "container removal",
         LEASE + Duration::from_secs(15),
         async || {
-            let (exists, _, _) = docker(&["inspect", &name]);
+            let (exists, _, _) = docker(&["inspect", &first_id]);
             (!exists).then(Utc::now)
         },
     )
