@@ -158,7 +158,11 @@ impl Hub {
         if inner.report.as_ref().map(|r| (&r.state, &r.error))
             != Some((&report.state, &report.error))
         {
-            info!(state = %report.state, error = report.error.as_deref().unwrap_or(""), "tunnel state");
+            if let Some(error) = &report.error {
+                warn!(state = %report.state, %error, "tunnel state");
+            } else {
+                info!(state = %report.state, "tunnel state");
+            }
         }
         if let Some(f) = &inner.report_file
             && let Err(e) =

@@ -91,7 +91,11 @@ impl StatusView {
                 .map_or(String::new(), |e| format!(": {e}"));
             line(
                 "tunnel",
-                &format!("{}{detail} ({})", t.state, relative(t.reported_at, now)),
+                &format!(
+                    "{}{detail} (reported {})",
+                    t.state,
+                    relative(t.reported_at, now)
+                ),
             );
         }
         line("rentals done", &self.rentals_completed.to_string());
@@ -110,8 +114,11 @@ impl StatusView {
 pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let secs = (t - now).num_seconds();
     let abs = secs.unsigned_abs();
+    if abs == 0 {
+        return "now".to_owned();
+    }
     let text = match abs {
-        0..60 => format!("{abs} s"),
+        1..60 => format!("{abs} s"),
         60..3600 => format!("{} min", abs / 60),
         3600..86_400 => format!("{} h {} min", abs / 3600, abs % 3600 / 60),
         _ => format!("{} d {} h", abs / 86_400, abs % 86_400 / 3600),
@@ -152,6 +159,7 @@ mod tests {
             "in 2 d 1 h"
         );
         assert_eq!(relative(now + chrono::Duration::seconds(7), now), "in 7 s");
+        assert_eq!(relative(now, now), "now");
     }
 
     #[test]
