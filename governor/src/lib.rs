@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod host;
+pub mod led;
 pub mod lifecycle;
 pub mod logging;
 pub mod marketplace;
