@@ -11,9 +11,9 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::backoff::Backoff;
 use crate::settings::TunnelSettings;
 use crate::state::TunnelState;
+use p2pvps_common::Backoff;
 
 /// Where the governor's socket is mounted in the renter's container.
 pub const DEFAULT_SOCKET: &str = "/run/p2pvps/governor.sock";

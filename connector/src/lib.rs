@@ -1,7 +1,6 @@
 //! The connector runs inside the renter's container and keeps the reverse SSH tunnel to the
 //! marketplace's endpoint up, so that `ssh -p <port> user@<server>` reaches the container's sshd.
 
-pub mod backoff;
 pub mod governor;
 pub mod logging;
 pub mod secret;

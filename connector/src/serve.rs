@@ -11,8 +11,8 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::backoff::Backoff;
 use crate::{governor, tunnel};
+use p2pvps_common::Backoff;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {

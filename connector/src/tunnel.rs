@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tracing::{info, warn};
 
-use crate::backoff::Backoff;
 use crate::session::Session;
 use crate::settings::TunnelSettings;
 use crate::state::TunnelState;
+use p2pvps_common::Backoff;
 
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// The longest a renter waits for the tunnel after the endpoint is back.

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::tunnel::{Rig, login_works, ssh};
+use common::tunnel::{Rig, login_works, ssh, ssh_command};
 use common::{docker, wait_for};
 use p2pvps_testkit::{TUNNEL_USER, free_port};
 
@@ -26,17 +26,7 @@ fn env_num(key: &str, default: u64) -> u64 {
 /// `ssh … 'cat > /dev/null' < file`: seconds for the whole copy.
 fn copy(port: u16, user: &str, password: &str, file: &std::path::Path) -> f64 {
     let started = Instant::now();
-    let status = Command::new("sshpass")
-        .args(["-p", password, "ssh", "-p", &port.to_string()])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args(["-o", "PubkeyAuthentication=no", "-o", "LogLevel=ERROR"])
-        .arg(format!("{user}@127.0.0.1"))
-        .arg("cat > /dev/null")
+    let status = ssh_command(port, user, password, "cat > /dev/null")
         .stdin(std::fs::File::open(file).unwrap())
         .status()
         .unwrap();
@@ -165,12 +155,7 @@ async fn main() {
     // A new rental's container: from its start to the first renter login through the tunnel.
     let mut starts = vec![];
     for n in 2..2 + rounds {
-        let r = common::http()
-            .post(format!("{}/admin/expire/{}", rig.base(), rig.device))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
+        rig.expire().await;
         let (user, password, port) = wait_for(
             "the next rental's lease",
             Duration::from_mins(1),

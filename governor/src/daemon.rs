@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::backoff::Backoff;
 use crate::clock::{Clock as _, SystemClock};
 use crate::config::{ConfigError, DeviceConfig, StorageDevice};
 use crate::lifecycle::{Lifecycle, LifecycleError, Settings};
@@ -15,6 +14,7 @@ use crate::runtime::DockerRuntime;
 use crate::socket::{self, Hub, SocketError, TunnelEndpoint};
 use crate::state::StateStore;
 use crate::storage::DirStorage;
+use p2pvps_common::Backoff;
 
 /// How often a missing config file is looked for again.
 const CONFIG_POLL: Duration = Duration::from_secs(5);

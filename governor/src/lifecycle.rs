@@ -16,7 +16,6 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::marketplace::{MarketplaceApi, Specs};
 use crate::runtime::{ContainerRuntime, ContainerSpec, Limits};
@@ -24,6 +23,7 @@ use crate::socket::{Hub, TunnelEndpoint, TunnelSettings};
 use crate::state::{Heartbeat, LeaseRecord, Phase, State, StateError, StateStore, new_volume_id};
 use crate::storage::Storage;
 use crate::types::{DeviceId, PasswordHash};
+use p2pvps_common::Backoff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {

@@ -79,12 +79,7 @@ async fn a_renter_logs_in_with_sudo_and_a_re_rent_changes_the_login() {
     assert_eq!(stdout(&o), "kept");
 
     // The marketplace ends the rental: the next renter's login works, the old one does not.
-    let r = common::http()
-        .post(format!("{}/admin/expire/{}", rig.base(), rig.device))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    rig.expire().await;
     let (next_user, next_password, next_port) = rig.serving(2, Duration::from_secs(90)).await;
     assert_ne!(next_user, user);
     let took = login_works(

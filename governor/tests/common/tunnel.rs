@@ -114,6 +114,16 @@ impl Rig {
         }
     }
 
+    /// The marketplace ends the current rental now.
+    pub async fn expire(&self) {
+        let r = super::http()
+            .post(format!("{}/admin/expire/{}", self.base(), self.device))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "admin expire: {}", r.status());
+    }
+
     pub fn base(&self) -> String {
         self.server.as_ref().unwrap().url()
     }
@@ -150,8 +160,15 @@ impl Drop for Rig {
 
 /// `ssh` as a renter would type it, with the password given by sshpass.
 pub fn ssh(port: u16, user: &str, password: &str, command: &str) -> Output {
-    Command::new("sshpass")
-        .args(["-p", password, "ssh", "-p", &port.to_string()])
+    ssh_command(port, user, password, command)
+        .output()
+        .expect("run ssh")
+}
+
+/// The renter's `ssh -p PORT USER@127.0.0.1 COMMAND`, to run with other stdio.
+pub fn ssh_command(port: u16, user: &str, password: &str, command: &str) -> Command {
+    let mut ssh = Command::new("sshpass");
+    ssh.args(["-p", password, "ssh", "-p", &port.to_string()])
         .args([
             "-o",
             "StrictHostKeyChecking=no",
@@ -167,9 +184,8 @@ pub fn ssh(port: u16, user: &str, password: &str, command: &str) -> Output {
             "LogLevel=ERROR",
         ])
         .arg(format!("{user}@127.0.0.1"))
-        .arg(command)
-        .output()
-        .expect("run ssh")
+        .arg(command);
+    ssh
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -1,0 +1,5 @@
+//! Small pieces shared by the governor and the connector.
+
+pub mod backoff;
+
+pub use backoff::Backoff;
