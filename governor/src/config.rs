@@ -34,6 +34,7 @@ const KEYS: &[&str] = &[
     "storageDevice",
     "encryptStorage",
     "led",
+    "activeLow",
     "renterImage",
     "renterImageTar",
 ];
@@ -114,6 +115,8 @@ pub struct DeviceConfig {
     pub storage_device: StorageDevice,
     pub encrypt_storage: bool,
     pub led: Led,
+    /// The external LED lights when its GPIO is driven low.
+    pub active_low: bool,
     /// Docker image the renter's container is made from.
     pub renter_image: String,
     /// Tarball (a rootfs, as for `docker import`) to import when the image is absent.
@@ -192,6 +195,9 @@ impl DeviceConfig {
             Led::None => "none".to_owned(),
         };
         line("led", &led);
+        if self.active_low {
+            line("activeLow", &true);
+        }
         line("renterImage", &self.renter_image);
         if let Some(tar) = &self.renter_image_tar {
             line("renterImageTar", &tar.display());
@@ -291,17 +297,9 @@ impl Reader<'_> {
                 ));
             }
         };
-        let encrypt_storage = match self.map.get("encryptStorage") {
-            None => true,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => {
-                return Err(self.invalid(
-                    "encryptStorage",
-                    format!("must be true or false, got {}", json_kind(v)),
-                ));
-            }
-        };
+        let encrypt_storage = self.flag("encryptStorage", true)?;
         let led = self.led()?;
+        let active_low = self.flag("activeLow", false)?;
         let renter_image = match self.string("renterImage")? {
             Some(i) if is_image_ref(&i) => i,
             Some(i) => {
@@ -337,6 +335,7 @@ impl Reader<'_> {
             storage_device,
             encrypt_storage,
             led,
+            active_low,
             renter_image,
             renter_image_tar,
         })
@@ -416,6 +415,17 @@ impl Reader<'_> {
                 Some(n @ 0..=27) => Ok(Led::Gpio(u8::try_from(n).expect("0-27 fits"))),
                 _ => Err(bad(v)),
             },
+        }
+    }
+
+    /// A true/false value, or `default` when the key is absent.
+    fn flag(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.map.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => {
+                Err(self.invalid(key, format!("must be true or false, got {}", json_kind(v))))
+            }
         }
     }
 
@@ -696,6 +706,10 @@ mod tests {
                     r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "encryptStorage": "yes"}}"#
                 ),
                 "key \"encryptStorage\": must be true or false",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "activeLow": 1}}"#),
+                "key \"activeLow\": must be true or false, got a number",
             ),
             (
                 &format!(

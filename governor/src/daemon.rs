@@ -1,17 +1,19 @@
 //! `p2pvps-governor run`: wires the real implementations together and runs the lifecycle.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tracing::{info, warn};
 
 use crate::clock::{Clock as _, SystemClock};
-use crate::config::{ConfigError, DeviceConfig, StorageDevice};
+use crate::config::{ConfigError, DeviceConfig, Led, StorageDevice};
+use crate::led::{self, Indication, LedHandle, LedOptions};
 use crate::lifecycle::{Lifecycle, LifecycleError, Settings};
 use crate::marketplace::{Marketplace, MarketplaceError};
 use crate::runtime::DockerRuntime;
 use crate::socket::{self, Hub, SocketError, TunnelEndpoint};
+use crate::state::Phase;
 use crate::state::StateStore;
 use crate::storage::DirStorage;
 use p2pvps_common::Backoff;
@@ -27,6 +29,8 @@ pub struct RunOptions {
     pub container_name: String,
     /// Docker network of the renter container (tests use networks of their own).
     pub network: String,
+    /// The kernel LED class directory (`/sys/class/leds`).
+    pub led_root: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,14 +45,35 @@ pub enum DaemonError {
     Socket(#[from] SocketError),
 }
 
-/// Run the governor until `shutdown` completes.
+/// Run the governor until `shutdown` completes. The status LED shows what it does; it goes dark
+/// when the governor stops.
 pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    // Until the config says otherwise, the board's own LED (every Pi has one; elsewhere none).
+    let mut led = led::spawn(led::open(&Led::Act, &opts.led_root));
+    let result = run_with_led(&opts, shutdown, &mut led).await;
+    led.shutdown().await;
+    result
+}
+
+async fn run_with_led(
+    opts: &RunOptions,
+    shutdown: impl Future<Output = ()>,
+    led: &mut LedHandle,
+) -> Result<(), DaemonError> {
     tokio::pin!(shutdown);
     let config = tokio::select! {
         () = &mut shutdown => return Ok(()),
-        c = wait_for_config(&opts.config) => c?,
+        c = wait_for_config(&opts.config, led) => c?,
     };
     info!(device = %config.device_id, server = %config.server_url, "config loaded");
+    if config.led != Led::Act || config.active_low {
+        let options = LedOptions {
+            active_low: config.active_low,
+            ..LedOptions::new(&opts.led_root)
+        };
+        let old = std::mem::replace(led, led::spawn(led::open_with(&config.led, &options)));
+        old.shutdown().await;
+    }
     let storage_root = opts.state_dir.join("storage");
     let storage = match &config.storage_device {
         StorageDevice::None => DirStorage::new(&storage_root),
@@ -97,19 +122,45 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         settings,
     )
     .with_hub(hub);
-    lifecycle.run(shutdown).await?;
+    let mut phases = lifecycle.subscribe();
+    let run = lifecycle.run(shutdown);
+    let show = async {
+        loop {
+            led.show(indication(*phases.borrow_and_update()));
+            if phases.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => r?,
+        () = show => run.await?,
+    }
     Ok(())
+}
+
+/// What the LED shows in each phase of the lifecycle.
+fn indication(phase: Phase) -> Indication {
+    match phase {
+        // Instant with a directory; with a USB drive, this is where a missing drive is waited for.
+        Phase::PreparingStorage => Indication::WaitingForStorage,
+        Phase::Registering | Phase::Provisioning => Indication::Registering,
+        Phase::Serving => Indication::Ready,
+        Phase::Expired | Phase::Wiping => Indication::Wiping,
+    }
 }
 
 /// The config, once the file exists. A missing file is the normal state of a fresh device (the owner
 /// has not copied it yet); a present but invalid one is an error for the owner to fix.
-async fn wait_for_config(path: &std::path::Path) -> Result<DeviceConfig, ConfigError> {
+async fn wait_for_config(path: &Path, led: &LedHandle) -> Result<DeviceConfig, ConfigError> {
     let mut warned = false;
     loop {
         match DeviceConfig::load(path) {
             Err(ConfigError::Read { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
+                led.show(Indication::NoConfig);
                 if !warned {
                     warn!(path = %path.display(), "no device-config.json yet; waiting for it");
                     warned = true;
@@ -135,5 +186,66 @@ async fn connect_docker() -> DockerRuntime {
                 tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_phase_has_its_own_busy_or_ready_pattern() {
+        assert_eq!(
+            indication(Phase::PreparingStorage),
+            Indication::WaitingForStorage
+        );
+        assert_eq!(indication(Phase::Registering), Indication::Registering);
+        assert_eq!(indication(Phase::Provisioning), Indication::Registering);
+        assert_eq!(indication(Phase::Serving), Indication::Ready);
+        assert_eq!(indication(Phase::Expired), Indication::Wiping);
+        assert_eq!(indication(Phase::Wiping), Indication::Wiping);
+    }
+
+    #[tokio::test]
+    async fn a_missing_config_blinks_no_config_on_the_board_led_until_stopped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let act = tmp.path().join("leds/ACT");
+        std::fs::create_dir_all(&act).unwrap();
+        std::fs::write(act.join("trigger"), "none [mmc0] heartbeat").unwrap();
+        std::fs::write(act.join("brightness"), "0").unwrap();
+        std::fs::write(act.join("max_brightness"), "1").unwrap();
+        let opts = RunOptions {
+            config: tmp.path().join("device-config.json"),
+            state_dir: tmp.path().join("state"),
+            container_name: "unused".into(),
+            network: "none".into(),
+            led_root: tmp.path().join("leds"),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let watch = async {
+            // NoConfig: two 300 ms blinks then a pause; sample both states within 3 s.
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..60 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                seen.insert(std::fs::read_to_string(act.join("brightness")).unwrap());
+            }
+            stop.send(()).unwrap();
+            seen
+        };
+        let (result, seen) = tokio::join!(run(opts, async { stopped.await.unwrap() }), watch);
+        result.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(act.join("trigger")).unwrap().trim(),
+            "none"
+        );
+        assert!(
+            seen.contains("1") && seen.contains("0"),
+            "no blinking: {seen:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(act.join("brightness")).unwrap(),
+            "0",
+            "left on after stop"
+        );
     }
 }

@@ -63,6 +63,7 @@ fn main() -> ExitCode {
             state_dir,
             container_name,
             network,
+            led_root: p2pvps_governor::led::SYSFS_LEDS.into(),
         }),
         Command::Status { state_dir, json } => match status::load(&StateStore::new(state_dir)) {
             Ok(view) if json => {
