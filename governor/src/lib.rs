@@ -1,6 +1,7 @@
 //! p2pvps-governor: the host daemon of a P2P VPS device. See DESIGN.md §4 for the architecture;
 //! `lifecycle` sequences the other modules, which do not call each other.
 
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod daemon;

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use p2pvps_governor::config::{self, DeviceConfig};
 use p2pvps_governor::daemon::{self, DaemonError, RunOptions};
 use p2pvps_governor::state::StateStore;
-use p2pvps_governor::{EXIT_CONFIG, logging, status};
+use p2pvps_governor::{EXIT_CONFIG, check, logging, status};
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/p2pvps";
 
@@ -43,6 +43,11 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Tell what is wrong: config, clock, Docker, image, storage, dm-crypt, server, tunnel.
+    Check {
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
     },
     /// Validate a device-config.json and print it normalised.
     CheckConfig {
@@ -82,6 +87,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Check { config } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime starts");
+            let lines = rt.block_on(check::run(&config, &check::CheckEnv::default()));
+            for line in &lines {
+                println!("{line}");
+            }
+            if lines.iter().any(|l| l.verdict == check::Verdict::Fail) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         Command::CheckConfig { path } => match DeviceConfig::load(&path) {
             Ok(c) => {
                 println!("{}: OK", path.display());
