@@ -1,12 +1,17 @@
 //! The renter's persistent storage, one volume per rental, behind a trait: the directory backend
-//! here; the USB drive with LUKS2 comes beside it.
+//! and the USB drive (plain ext4 for now; LUKS2 comes beside it), with the discovery of that drive.
 
 use std::future::Future;
 use std::path::PathBuf;
 
 pub mod dir;
+pub mod discover;
+mod mountinfo;
+pub mod usb;
 
 pub use dir::DirStorage;
+pub use discover::{DiscoverError, Disk, HostPaths};
+pub use usb::UsbStorage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -18,6 +23,15 @@ pub enum StorageError {
     },
     #[error("{path}: still present after the wipe")]
     NotWiped { path: PathBuf },
+    /// The device holds data after the wipe: where, and what.
+    #[error("{path}: not wiped: {detail}")]
+    Residue { path: PathBuf, detail: String },
+    /// The device cannot be used as asked (not ours, in use, too small, the kernel disagrees…).
+    #[error("{path}: {detail}")]
+    Device { path: PathBuf, detail: String },
+    /// A helper program (mkfs.ext4, mount, blockdev…) failed; `detail` has its exit status and stderr.
+    #[error("`{command}` failed: {detail}")]
+    Command { command: String, detail: String },
 }
 
 pub trait Storage: Send + Sync {

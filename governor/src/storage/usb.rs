@@ -1,0 +1,997 @@
+//! `storageDevice: "auto"` or a path: the renter's volume on a whole USB drive.
+//!
+//! Layout: a fresh GPT (its protective MBR written explicitly: the gpt crate does not, DESIGN.md §8)
+//! with one partition spanning the disk, aligned to 1 MiB (2048 LBAs of 512 bytes), named
+//! `p2pvps-storage`. The partition's unique GUID is derived from the volume id (UUID v5): that is how
+//! `open` tells that the drive holds *this* rental's volume and not an older one. ext4 on the partition
+//! (e2fsprogs' mkfs.ext4, label `p2pvps`), mounted at `<state_dir>/mnt/<id>`.
+//!
+//! This is the plain mode (no encryption: `encryptStorage: false`, or a kernel without dm-crypt). The
+//! wipe is a discard where the device supports it, then a full overwrite with zeros (4 MiB direct
+//! writes, progress in the log), and the check reads the drive back (first and last MiB and sampled
+//! blocks) without the page cache.
+//!
+//! The kernel is told to re-read the partition table with util-linux's `blockdev --rereadpt` (the
+//! BLKRRPART ioctl; the workspace forbids unsafe code, so no ioctl of our own), retried while udev may
+//! still hold a partition open; if the kernel still lacks the partition (a kernel without GPT support,
+//! as on the build machines, or BLKRRPART refused), `partx -u` reads the table in user space and adds
+//! it through BLKPG. Loop devices must be attached with partition scanning (`losetup --partscan`).
+//!
+//! Every step can be repeated: `prepare` starts over whatever it finds, `wipe` overwrites the whole
+//! disk again (a crash mid-wipe resumes by wiping again), `open` mounts only if not mounted. Helper
+//! programs get argument lists, never a shell, and their failures keep the command and its stderr.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{
+    FileExt as _, FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use gpt::GptConfig;
+use gpt::disk::LogicalBlockSize;
+use gpt::mbr::ProtectiveMBR;
+use gpt::partition::Partition;
+use gpt::partition_types;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use super::discover::{self, BlockGraph, HostPaths, human_size, read_trimmed};
+use super::mountinfo::{self, Mount};
+use super::{Storage, StorageError};
+
+/// The GPT partition name of a p2pvps volume.
+pub const PARTITION_NAME: &str = "p2pvps-storage";
+/// The ext4 label.
+pub const FS_LABEL: &str = "p2pvps";
+
+/// Namespace of the partition GUIDs derived from volume ids.
+const NAMESPACE: Uuid = Uuid::from_bytes(*b"p2pvps-storage\0\0");
+const MIB: u64 = 1 << 20;
+/// Writes of the overwrite.
+const CHUNK: usize = 4 << 20;
+/// Buffer alignment for O_DIRECT (a multiple of any logical block size).
+const ALIGN: usize = 4096;
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Size of each block read back by `verify_wiped`.
+const SAMPLE: u64 = 64 << 10;
+/// Blocks read back at even spacing, and as many again at random offsets.
+const SAMPLES: u64 = 128;
+/// How long the kernel may take to show a new partition.
+const KERNEL_WAIT: Duration = Duration::from_secs(10);
+/// How often, and how long apart, an exclusive open or an unmount is tried again on EBUSY.
+const BUSY_TRIES: u32 = 20;
+const BUSY_PAUSE: Duration = Duration::from_millis(100);
+/// Smaller than this is not a storage drive.
+const MIN_SIZE: u64 = 16 * MIB;
+
+/// The renter's storage on a whole disk (chosen by [`discover`]).
+#[derive(Debug, Clone)]
+pub struct UsbStorage {
+    /// The whole-disk device node.
+    disk: PathBuf,
+    /// Volumes are mounted under `<state_dir>/mnt`; mounts elsewhere are someone else's.
+    state_dir: PathBuf,
+    /// Where sysfs and the mount table are (the real ones; a parameter for symmetry with discovery).
+    host: HostPaths,
+}
+
+impl UsbStorage {
+    /// Storage on the whole disk `disk` (a device node such as `/dev/sda`), mounted under
+    /// `<state_dir>/mnt`.
+    pub fn new(disk: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            disk: disk.into(),
+            state_dir: state_dir.into(),
+            host: HostPaths::default(),
+        }
+    }
+
+    pub fn disk(&self) -> &Path {
+        &self.disk
+    }
+
+    /// Where volume `id` is mounted.
+    pub fn mount_point(&self, id: &str) -> PathBuf {
+        self.state_dir.join("mnt").join(id)
+    }
+
+    /// The GPT partition GUID that marks volume `id`.
+    pub fn volume_guid(id: &str) -> Uuid {
+        Uuid::new_v5(&NAMESPACE, id.as_bytes())
+    }
+
+    /// The wipe without its discard: unmount and overwrite with zeros. With `stop_after`, stop once
+    /// that many bytes are written, as a power cut would (the rest of the old data stays): for crash
+    /// tests, and to measure the overwrite alone.
+    pub async fn overwrite(&self, id: &str, stop_after: Option<u64>) -> Result<(), StorageError> {
+        let id = id.to_owned();
+        self.blocking(move |s, cancel| s.wipe_blocking(&id, cancel, false, stop_after))
+            .await
+    }
+
+    /// Run `f` on the blocking pool. Dropping the returned future (shutdown) asks `f` to stop at its
+    /// next chunk rather than overwrite a whole drive with nobody waiting.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Self, &AtomicBool) -> Result<T, StorageError> + Send + 'static,
+    {
+        let this = self.clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let guard = CancelOnDrop(Arc::clone(&cancel));
+        let result = tokio::task::spawn_blocking(move || f(&this, &cancel)).await;
+        drop(guard);
+        match result {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(self.device_err("interrupted: shutting down")),
+        }
+    }
+
+    fn device_err(&self, detail: impl Into<String>) -> StorageError {
+        StorageError::Device {
+            path: self.disk.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    fn io(&self, action: &'static str) -> impl FnOnce(std::io::Error) -> StorageError + use<> {
+        io(&self.disk, action)
+    }
+
+    // --- The steps, on the blocking pool ---
+
+    fn prepare_blocking(&self, id: &str, cancel: &AtomicBool) -> Result<PathBuf, StorageError> {
+        let info = self.disk_info()?;
+        self.unmount_ours(&info)?;
+        warn!(
+            disk = %self.disk.display(),
+            "storage is NOT encrypted: the renter's files lie in plain ext4 on the drive, readable by \
+             anyone who unplugs it during the rental; the renter cannot hold their own key; and the \
+             wipe at the end is a full overwrite of {} (about {} min at 20 MiB/s) instead of a \
+             crypto-erase in seconds",
+            human_size(info.size),
+            info.size / (20 * MIB) / 60 + 1
+        );
+        // Old partition tables (primary at the start, backup at the end) and the old filesystem or
+        // LUKS header where the new partition starts: gone first, so that nothing finds them later.
+        {
+            let file = open_direct(&self.disk, true).map_err(self.io("open for writing"))?;
+            zero_range(
+                &file,
+                &self.disk,
+                0,
+                (2 * MIB).min(info.size),
+                cancel,
+                None,
+                None,
+            )?;
+            zero_range(
+                &file,
+                &self.disk,
+                info.size - MIB,
+                info.size,
+                cancel,
+                None,
+                None,
+            )?;
+            file.sync_data().map_err(self.io("sync"))?;
+        }
+        let (first, last) = self.write_gpt(&info, id)?;
+        let want = geometry(&info, first, last);
+        self.sync_partitions(&info, Some(want))?;
+        let part = self.wait_partition(&info, want)?;
+        run(
+            "mkfs.ext4",
+            [
+                OsStr::new("-F"),
+                OsStr::new("-q"),
+                OsStr::new("-m"),
+                OsStr::new("0"),
+                OsStr::new("-L"),
+                OsStr::new(FS_LABEL),
+                OsStr::new("-E"),
+                OsStr::new("lazy_itable_init=1,nodiscard"),
+                part.node.as_os_str(),
+            ],
+        )?;
+        let mount_point = self.mount_point(id);
+        self.mount(&part, &mount_point)?;
+        info!(
+            disk = %self.disk.display(),
+            partition = %part.node.display(),
+            mount_point = %mount_point.display(),
+            "storage prepared: GPT, ext4 over {}",
+            human_size(info.size)
+        );
+        Ok(mount_point)
+    }
+
+    fn open_blocking(&self, id: &str) -> Result<PathBuf, StorageError> {
+        let info = self.disk_info()?;
+        let (first, last) = self.read_ours(&info, id)?;
+        let want = geometry(&info, first, last);
+        let part = if let Some(p) = partition(&info).filter(|p| (p.start, p.sectors) == want) {
+            p
+        } else {
+            // After a reboot on a kernel that cannot parse GPT, or a replug: tell it.
+            self.sync_partitions(&info, Some(want))?;
+            self.wait_partition(&info, want)?
+        };
+        let mount_point = self.mount_point(id);
+        if let Some(m) = self.mounted_at(&mount_point)? {
+            if m.dev == part.dev {
+                return Ok(mount_point);
+            }
+            return Err(self.device_err(format!(
+                "{} is mounted from another device ({}:{}), not {}",
+                mount_point.display(),
+                m.dev.0,
+                m.dev.1,
+                part.node.display()
+            )));
+        }
+        self.mount(&part, &mount_point)?;
+        info!(mount_point = %mount_point.display(), "storage opened");
+        Ok(mount_point)
+    }
+
+    fn wipe_blocking(
+        &self,
+        id: &str,
+        cancel: &AtomicBool,
+        discard: bool,
+        stop_after: Option<u64>,
+    ) -> Result<(), StorageError> {
+        let info = self.disk_info()?;
+        self.unmount_ours(&info)?;
+        let mount_point = self.mount_point(id);
+        match std::fs::remove_dir(&mount_point) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                warn!(path = %mount_point.display(), error = %e, "could not remove the mount point");
+            }
+            _ => {}
+        }
+        info!(
+            disk = %self.disk.display(),
+            "wiping: {}overwriting all {} with zeros",
+            if discard { "discard, then " } else { "" },
+            human_size(info.size)
+        );
+        let started = Instant::now();
+        if discard {
+            self.discard(&info);
+        }
+        let file = open_direct(&self.disk, true).map_err(self.io("open for writing"))?;
+        let mut progress = Progress::new(&self.disk, info.size);
+        let done = zero_range(
+            &file,
+            &self.disk,
+            0,
+            info.size,
+            cancel,
+            Some(&mut progress),
+            stop_after,
+        )?;
+        file.sync_data().map_err(self.io("sync"))?;
+        drop(file);
+        if done < info.size {
+            warn!(disk = %self.disk.display(), written = done, "overwrite stopped early, as asked");
+            return Ok(());
+        }
+        // The kernel still lists the old partition: forget it (the disk no longer has one).
+        if let Err(e) = self.sync_partitions(&info, None) {
+            warn!(error = %e, "the kernel still lists the old partition; it is gone from the disk");
+        }
+        let took = started.elapsed();
+        info!(
+            disk = %self.disk.display(),
+            seconds = took.as_secs(),
+            "storage wiped: {} overwritten with zeros at {:.1} MiB/s",
+            human_size(info.size),
+            mib_per_s(info.size, took)
+        );
+        Ok(())
+    }
+
+    fn verify_blocking(&self, id: &str) -> Result<(), StorageError> {
+        let mount_point = self.mount_point(id);
+        if self.mounted_at(&mount_point)?.is_some() {
+            return Err(StorageError::Residue {
+                path: self.disk.clone(),
+                detail: format!("still mounted at {}", mount_point.display()),
+            });
+        }
+        let info = self.disk_info()?;
+        let file = open_direct(&self.disk, false).map_err(self.io("open for reading"))?;
+        let mut buf = Aligned::zeroed(usize::try_from(MIB).expect("1 MiB fits"));
+        self.check_zero(&file, &info, &mut buf, 0, MIB)?;
+        self.check_zero(&file, &info, &mut buf, info.size - MIB, MIB)?;
+        let blocks = info.size / SAMPLE;
+        for i in 0..SAMPLES {
+            let even = blocks * i / SAMPLES;
+            let random = rand::random::<u64>() % blocks;
+            for block in [even, random] {
+                let offset = block * SAMPLE;
+                self.check_zero(
+                    &file,
+                    &info,
+                    &mut buf,
+                    offset,
+                    SAMPLE.min(info.size - offset),
+                )?;
+            }
+        }
+        debug!(
+            disk = %self.disk.display(),
+            "wipe verified: first and last MiB and {} sampled blocks are zero",
+            2 * SAMPLES
+        );
+        Ok(())
+    }
+
+    // --- Helpers ---
+
+    fn disk_info(&self) -> Result<DiskInfo, StorageError> {
+        let meta = std::fs::metadata(&self.disk).map_err(self.io("stat"))?;
+        if !meta.file_type().is_block_device() {
+            return Err(self.device_err("not a block device"));
+        }
+        let dev = discover::split_dev(meta.rdev());
+        let sys = BlockGraph::new(&self.host.sysfs, Vec::new())
+            .dev_dir(dev)
+            .ok_or_else(|| {
+                self.device_err(format!(
+                    "block device {}:{} is unknown to sysfs",
+                    dev.0, dev.1
+                ))
+            })?;
+        if sys.join("partition").exists() {
+            return Err(self.device_err("a partition, not a whole disk"));
+        }
+        let lbs = read_trimmed(&sys.join("queue/logical_block_size"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(512);
+        let size = discover::size_bytes(&sys);
+        if size < MIN_SIZE {
+            return Err(self.device_err(format!(
+                "too small for storage ({}, no medium?)",
+                human_size(size)
+            )));
+        }
+        let name = sys
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(DiskInfo {
+            sys,
+            name,
+            size,
+            lbs,
+        })
+    }
+
+    fn read_mounts(&self) -> Result<Vec<Mount>, StorageError> {
+        mountinfo::read(&self.host.mountinfo).map_err(io(&self.host.mountinfo, "read"))
+    }
+
+    /// `<state_dir>/mnt` as the mount table spells it.
+    fn mounts_root(&self) -> PathBuf {
+        std::fs::canonicalize(&self.state_dir)
+            .unwrap_or_else(|_| self.state_dir.clone())
+            .join("mnt")
+    }
+
+    /// What is mounted at `path`, if anything.
+    fn mounted_at(&self, path: &Path) -> Result<Option<Mount>, StorageError> {
+        let Ok(path) = std::fs::canonicalize(path) else {
+            return Ok(None);
+        };
+        Ok(self.read_mounts()?.into_iter().rfind(|m| m.target == path))
+    }
+
+    /// Unmount the governor's mounts of this disk (under `<state_dir>/mnt`), deepest last-mounted
+    /// first; refuse if anyone else has it mounted.
+    fn unmount_ours(&self, info: &DiskInfo) -> Result<(), StorageError> {
+        let graph = BlockGraph::new(&self.host.sysfs, self.read_mounts()?);
+        let root = self.mounts_root();
+        let mut ours = Vec::new();
+        for m in &graph.mounts {
+            if !graph.mount_disks(m).contains(&info.name) {
+                continue;
+            }
+            if !mountinfo::is_within(&m.target, &root) {
+                return Err(self.device_err(format!(
+                    "in use: mounted at {} (not by the governor); unmount it first",
+                    m.target.display()
+                )));
+            }
+            ours.push(m.target.clone());
+        }
+        for mount_point in ours.iter().rev() {
+            // "target is busy" for a moment when another thread's child has just inherited a
+            // descriptor of a file on it (see `open_exclusive`); a real user outlasts the retries.
+            let mut tries = 0;
+            while let Err(e) = run("umount", [mount_point.as_os_str()]) {
+                if tries >= BUSY_TRIES || !e.to_string().contains("busy") {
+                    return Err(e);
+                }
+                tries += 1;
+                std::thread::sleep(BUSY_PAUSE);
+            }
+            info!(mount_point = %mount_point.display(), "storage unmounted");
+        }
+        Ok(())
+    }
+
+    fn mount(&self, part: &Part, mount_point: &Path) -> Result<(), StorageError> {
+        let root = self.state_dir.join("mnt");
+        std::fs::create_dir_all(&root).map_err(io(&root, "create"))?;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(&root, "chmod"))?;
+        match std::fs::create_dir(mount_point) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(io(mount_point, "create")(e));
+            }
+            _ => {}
+        }
+        run(
+            "mount",
+            [
+                OsStr::new("-t"),
+                OsStr::new("ext4"),
+                OsStr::new("-o"),
+                OsStr::new("noatime"),
+                part.node.as_os_str(),
+                mount_point.as_os_str(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A GPT with one partition over the whole disk, marked as volume `id`, and its protective MBR.
+    /// Returns the partition's first and last LBA.
+    fn write_gpt(&self, info: &DiskInfo, id: &str) -> Result<(u64, u64), StorageError> {
+        let gpt_err = |e: gpt::GptError| self.device_err(format!("writing the GPT: {e}"));
+        let lbs = LogicalBlockSize::try_from(info.lbs)
+            .map_err(|e| self.device_err(format!("logical block size {}: {e}", info.lbs)))?;
+        let file = open_exclusive(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_EXCL),
+            &self.disk,
+        )
+        .map_err(self.io("open for writing"))?;
+        let mut disk = GptConfig::new()
+            .writable(true)
+            .logical_block_size(lbs)
+            .create_from_device(file, None)
+            .map_err(gpt_err)?;
+        // 1 MiB: 2048 LBAs of 512 bytes, 256 of 4096.
+        let align = MIB / info.lbs;
+        let first = disk.header().first_usable.div_ceil(align) * align;
+        let last = disk.header().last_usable;
+        if last < first + align {
+            return Err(self.device_err("too small for a partition"));
+        }
+        let part = Partition {
+            part_type_guid: partition_types::LINUX_FS,
+            part_guid: Self::volume_guid(id),
+            first_lba: first,
+            last_lba: last,
+            flags: 0,
+            name: PARTITION_NAME.to_owned(),
+        };
+        disk.update_partitions(BTreeMap::from([(1, part)]))
+            .map_err(gpt_err)?;
+        let mut file = disk.write().map_err(gpt_err)?;
+        let disk_lbas = info.size / info.lbs;
+        ProtectiveMBR::with_lb_size(u32::try_from(disk_lbas - 1).unwrap_or(u32::MAX))
+            .overwrite_lba0(&mut file)
+            .map_err(|e| self.device_err(format!("writing the protective MBR: {e}")))?;
+        file.sync_all().map_err(self.io("sync"))?;
+        Ok((first, last))
+    }
+
+    /// The first and last LBA of volume `id`'s partition, if the disk's GPT says it is there.
+    fn read_ours(&self, info: &DiskInfo, id: &str) -> Result<(u64, u64), StorageError> {
+        let lbs = LogicalBlockSize::try_from(info.lbs)
+            .map_err(|e| self.device_err(format!("logical block size {}: {e}", info.lbs)))?;
+        let file = File::open(&self.disk).map_err(self.io("open"))?;
+        let disk = GptConfig::new()
+            .writable(false)
+            .logical_block_size(lbs)
+            .open_from_device(file)
+            .map_err(|e| self.device_err(format!("no volume here: no readable GPT ({e})")))?;
+        match disk.partitions().get(&1) {
+            Some(p) if p.name == PARTITION_NAME && p.part_guid == Self::volume_guid(id) => {
+                Ok((p.first_lba, p.last_lba))
+            }
+            Some(p) if p.name == PARTITION_NAME => Err(self.device_err(format!(
+                "holds another volume (partition GUID {}), not {id}",
+                p.part_guid
+            ))),
+            _ => Err(self.device_err(format!(
+                "not a p2pvps volume (no partition named {PARTITION_NAME})"
+            ))),
+        }
+    }
+
+    /// Bring the kernel's view of the disk's partitions in line with its table: partition 1 at
+    /// `want` (start and length in 512-byte sectors), or none at all after a wipe.
+    ///
+    /// BLKRRPART (`blockdev --rereadpt`) first, retried while udev may still hold a partition open.
+    /// When the kernel then still lacks the partition (it cannot parse GPT itself: a kernel without
+    /// CONFIG_EFI_PARTITION, like this project's test VMs; or BLKRRPART was refused), `partx`
+    /// reads the table in user space and adds, updates or deletes partitions through BLKPG.
+    fn sync_partitions(
+        &self,
+        info: &DiskInfo,
+        want: Option<(u64, u64)>,
+    ) -> Result<(), StorageError> {
+        if read_trimmed(&info.sys.join("partscan")).as_deref() == Some("0") {
+            let hint = if info.name.starts_with("loop") {
+                ": attach it with `losetup --partscan`"
+            } else {
+                ""
+            };
+            return Err(self.device_err(format!(
+                "the kernel does not scan partitions on this device{hint}"
+            )));
+        }
+        let mut reread = Err(None);
+        for attempt in 1..=5 {
+            match run(
+                "blockdev",
+                [OsStr::new("--rereadpt"), self.disk.as_os_str()],
+            ) {
+                Ok(_) => {
+                    reread = Ok(());
+                    break;
+                }
+                Err(e) => {
+                    debug!(error = %e, attempt, "re-reading the partition table");
+                    reread = Err(Some(e));
+                    std::thread::sleep(Duration::from_millis(200) * attempt);
+                }
+            }
+        }
+        let done = match want {
+            Some(g) => partition(info).is_some_and(|p| (p.start, p.sectors) == g),
+            None => reread.is_ok(),
+        };
+        if done {
+            return Ok(());
+        }
+        let action = if want.is_some() { "-u" } else { "-d" };
+        debug!(
+            disk = %self.disk.display(),
+            "the kernel did not take the partition table; telling it with partx {action}"
+        );
+        run("partx", [OsStr::new(action), self.disk.as_os_str()]).map_err(|e| {
+            let before = match reread {
+                Err(Some(r)) => format!("{r}; then "),
+                _ => String::new(),
+            };
+            StorageError::Command {
+                command: format!(
+                    "blockdev --rereadpt {0}, then partx {action} {0}",
+                    self.disk.display()
+                ),
+                detail: format!("{before}{e}"),
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Wait until the kernel shows partition 1 at `(start, sectors)` (512-byte units) with its node.
+    fn wait_partition(&self, info: &DiskInfo, want: (u64, u64)) -> Result<Part, StorageError> {
+        let deadline = Instant::now() + KERNEL_WAIT;
+        loop {
+            let part = partition(info);
+            if let Some(p) = part.as_ref().filter(|p| (p.start, p.sectors) == want) {
+                let node_ok = std::fs::metadata(&p.node).is_ok_and(|m| {
+                    m.file_type().is_block_device() && discover::split_dev(m.rdev()) == p.dev
+                });
+                if node_ok {
+                    return Ok(p.clone());
+                }
+            }
+            if Instant::now() >= deadline {
+                let seen = part.map_or_else(
+                    || "no partition 1".to_owned(),
+                    |p| {
+                        format!(
+                            "{} at {} for {} sectors",
+                            p.node.display(),
+                            p.start,
+                            p.sectors
+                        )
+                    },
+                );
+                return Err(self.device_err(format!(
+                    "the kernel did not show partition 1 at sector {} for {} sectors within {} s \
+                     (it shows {seen})",
+                    want.0,
+                    want.1,
+                    KERNEL_WAIT.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn discard(&self, info: &DiskInfo) {
+        let max = read_trimmed(&info.sys.join("queue/discard_max_bytes"))
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+        if max == 0 {
+            debug!(disk = %self.disk.display(), "no discard support");
+            return;
+        }
+        let started = Instant::now();
+        match run("blkdiscard", [self.disk.as_os_str()]) {
+            Ok(_) => info!(
+                disk = %self.disk.display(),
+                millis = started.elapsed().as_millis(),
+                "storage discarded; now overwriting"
+            ),
+            Err(e) => warn!(error = %e, "discard failed; overwriting anyway"),
+        }
+    }
+
+    /// Read `[offset, offset + len)` without the page cache and fail on any non-zero byte.
+    fn check_zero(
+        &self,
+        file: &File,
+        info: &DiskInfo,
+        buf: &mut Aligned,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), StorageError> {
+        let len = usize::try_from(len).expect("at most 1 MiB");
+        let bytes = &mut buf.as_mut()[..len];
+        file.read_exact_at(bytes, offset)
+            .map_err(self.io("read back"))?;
+        let Some(i) = bytes.iter().position(|&b| b != 0) else {
+            return Ok(());
+        };
+        let lbs = usize::try_from(info.lbs).expect("small");
+        let gpt_at = |at: usize| bytes.get(at..at + 8) == Some(b"EFI PART".as_slice());
+        let detail = if offset == 0 && gpt_at(lbs) {
+            "a GPT partition table (header at LBA 1)".to_owned()
+        } else if offset + len as u64 == info.size && gpt_at(len - lbs) {
+            "a backup GPT header at the last LBA".to_owned()
+        } else {
+            format!("non-zero data at byte {}", offset + i as u64)
+        };
+        Err(StorageError::Residue {
+            path: self.disk.clone(),
+            detail,
+        })
+    }
+}
+
+impl Storage for UsbStorage {
+    async fn prepare(&self, id: &str) -> Result<PathBuf, StorageError> {
+        let id = id.to_owned();
+        self.blocking(move |s, cancel| s.prepare_blocking(&id, cancel))
+            .await
+    }
+
+    async fn open(&self, id: &str) -> Result<PathBuf, StorageError> {
+        let id = id.to_owned();
+        self.blocking(move |s, _| s.open_blocking(&id)).await
+    }
+
+    async fn wipe(&self, id: &str) -> Result<(), StorageError> {
+        let id = id.to_owned();
+        self.blocking(move |s, cancel| s.wipe_blocking(&id, cancel, true, None))
+            .await
+    }
+
+    async fn verify_wiped(&self, id: &str) -> Result<(), StorageError> {
+        let id = id.to_owned();
+        self.blocking(move |s, _| s.verify_blocking(&id)).await
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "USB drive {} (plain ext4, not encrypted)",
+            self.disk.display()
+        )
+    }
+}
+
+/// The disk as sysfs shows it.
+struct DiskInfo {
+    /// Its sysfs directory.
+    sys: PathBuf,
+    name: String,
+    size: u64,
+    /// Logical block size in bytes.
+    lbs: u64,
+}
+
+/// Partition 1 as the kernel shows it.
+#[derive(Debug, Clone)]
+struct Part {
+    node: PathBuf,
+    dev: (u32, u32),
+    /// Start and length in 512-byte sectors (sysfs units).
+    start: u64,
+    sectors: u64,
+}
+
+/// Partition 1 of the disk in sysfs.
+fn partition(info: &DiskInfo) -> Option<Part> {
+    let entries = std::fs::read_dir(&info.sys).ok()?;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if read_trimmed(&dir.join("partition")).as_deref() != Some("1") {
+            continue;
+        }
+        let number = |f: &str| read_trimmed(&dir.join(f)).and_then(|s| s.parse::<u64>().ok());
+        let dev = read_trimmed(&dir.join("dev"))?;
+        let (major, minor) = dev.split_once(':')?;
+        return Some(Part {
+            node: Path::new("/dev").join(entry.file_name()),
+            dev: (major.parse().ok()?, minor.parse().ok()?),
+            start: number("start")?,
+            sectors: number("size")?,
+        });
+    }
+    None
+}
+
+/// A partition's LBAs as sysfs's 512-byte start and length.
+fn geometry(info: &DiskInfo, first: u64, last: u64) -> (u64, u64) {
+    let per = info.lbs / 512;
+    (first * per, (last - first + 1) * per)
+}
+
+fn open_direct(path: &Path, write: bool) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    if write {
+        // O_EXCL on a block device: fails while it is mounted or otherwise claimed.
+        options
+            .write(true)
+            .custom_flags(libc::O_DIRECT | libc::O_EXCL);
+        open_exclusive(&options, path)
+    } else {
+        options.read(true).custom_flags(libc::O_DIRECT);
+        options.open(path)
+    }
+}
+
+/// Open with O_EXCL, trying again for a moment on EBUSY. A child process forked by any thread holds
+/// a copy of every open descriptor until it execs, so an exclusive descriptor just closed (ours, or
+/// a helper program's) can keep its claim for that moment; a real holder (a mount) outlasts this.
+fn open_exclusive(options: &OpenOptions, path: &Path) -> std::io::Result<File> {
+    let mut tries = 0;
+    loop {
+        match options.open(path) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < BUSY_TRIES => {
+                tries += 1;
+                std::thread::sleep(BUSY_PAUSE);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Write zeros over `[start, end)` with direct 4 MiB writes; returns the bytes written. Stops early
+/// after `stop_after` bytes, and with an error when `cancel` is set.
+fn zero_range(
+    file: &File,
+    path: &Path,
+    start: u64,
+    end: u64,
+    cancel: &AtomicBool,
+    mut progress: Option<&mut Progress>,
+    stop_after: Option<u64>,
+) -> Result<u64, StorageError> {
+    let zeros = Aligned::zeroed(CHUNK);
+    let mut offset = start;
+    while offset < end {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(StorageError::Device {
+                path: path.to_owned(),
+                detail: format!("overwrite interrupted at byte {offset}"),
+            });
+        }
+        let len = usize::try_from((end - offset).min(CHUNK as u64)).expect("at most a chunk");
+        file.write_all_at(&zeros.as_slice()[..len], offset)
+            .map_err(io(path, "write zeros"))?;
+        offset += len as u64;
+        if let Some(p) = progress.as_deref_mut() {
+            p.tick(offset - start);
+        }
+        if stop_after.is_some_and(|s| offset - start >= s) {
+            break;
+        }
+    }
+    Ok(offset - start)
+}
+
+/// The overwrite's progress, logged every few seconds.
+struct Progress {
+    disk: String,
+    total: u64,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(disk: &Path, total: u64) -> Self {
+        let now = Instant::now();
+        Self {
+            disk: disk.display().to_string(),
+            total,
+            started: now,
+            last: now,
+        }
+    }
+
+    fn tick(&mut self, done: u64) {
+        if self.last.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        self.last = Instant::now();
+        let elapsed = self.started.elapsed();
+        let rate = mib_per_s(done, elapsed);
+        let left_s = if rate > 0.0 {
+            format!("{:.0}", mib_f64(self.total.saturating_sub(done)) / rate)
+        } else {
+            "?".to_owned()
+        };
+        info!(
+            disk = %self.disk,
+            "wiping: {} of {} MiB ({:.1}%), {rate:.1} MiB/s, about {left_s} s left",
+            done / MIB,
+            self.total / MIB,
+            mib_f64(done) * 100.0 / mib_f64(self.total).max(1.0),
+        );
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // MiB figures for a log line
+fn mib_f64(bytes: u64) -> f64 {
+    bytes as f64 / MIB as f64
+}
+
+fn mib_per_s(bytes: u64, took: Duration) -> f64 {
+    mib_f64(bytes) / took.as_secs_f64().max(1e-6)
+}
+
+/// A zeroed buffer whose start is aligned for O_DIRECT.
+struct Aligned {
+    buf: Vec<u8>,
+    offset: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn zeroed(len: usize) -> Self {
+        let buf = vec![0u8; len + ALIGN];
+        let offset = buf.as_ptr().align_offset(ALIGN);
+        assert!(offset < ALIGN, "a byte buffer can always be aligned");
+        Self { buf, offset, len }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[self.offset..self.offset + self.len]
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.offset..self.offset + self.len]
+    }
+}
+
+/// Sets the flag when dropped: the caller stopped waiting.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Run a helper program with an argument list (no shell), in the C locale, stdin closed. The error
+/// keeps the command line, the exit status and stderr.
+fn run<I, S>(program: &str, args: I) -> Result<String, StorageError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let command = std::iter::once(program.to_owned())
+        .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    debug!(%command, "running");
+    let out = Command::new(program)
+        .args(&args)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| StorageError::Command {
+            command: command.clone(),
+            detail: format!("could not start it ({e}); are util-linux and e2fsprogs installed?"),
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(StorageError::Command {
+            command,
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+}
+
+fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> StorageError + use<> {
+    let path = path.to_owned();
+    move |source| StorageError::Io {
+        path,
+        action,
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_guids_are_stable_and_distinct() {
+        assert_eq!(UsbStorage::volume_guid("a1"), UsbStorage::volume_guid("a1"));
+        assert_ne!(UsbStorage::volume_guid("a1"), UsbStorage::volume_guid("a2"));
+        assert_eq!(UsbStorage::volume_guid("a1").get_version_num(), 5);
+    }
+
+    #[test]
+    fn aligned_buffers_are_aligned() {
+        for len in [512, CHUNK] {
+            let b = Aligned::zeroed(len);
+            assert_eq!(b.as_slice().as_ptr().align_offset(ALIGN), 0);
+            assert_eq!(b.as_slice().len(), len);
+            assert!(b.as_slice().iter().all(|&x| x == 0));
+        }
+    }
+
+    #[test]
+    fn failed_commands_keep_command_and_stderr() {
+        let e = run("ls", ["/nonexistent-p2pvps"]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("`ls /nonexistent-p2pvps` failed: exit status: 2: "),
+            "{e}"
+        );
+        assert!(e.contains("No such file or directory"), "{e}");
+        let e = run("p2pvps-no-such-program", ["x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("could not start it"), "{e}");
+    }
+
+    #[test]
+    fn geometry_in_sysfs_sectors() {
+        let info = DiskInfo {
+            sys: PathBuf::new(),
+            name: "sda".into(),
+            size: 64 << 30,
+            lbs: 4096,
+        };
+        assert_eq!(geometry(&info, 256, 511), (2048, 2048));
+    }
+}
