@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::config::{DeviceConfig, StorageDevice};
 use crate::marketplace::{Marketplace, MarketplaceApi as _};
 use crate::runtime::{ContainerRuntime as _, DockerRuntime};
+use crate::storage::discover::{self, HostPaths};
 
 /// Where the checks look; tests point these at temp dirs.
 #[derive(Debug, Clone)]
@@ -18,6 +19,10 @@ pub struct CheckEnv {
     pub run_dir: PathBuf,
     /// `/sys`: loaded kernel modules.
     pub sys_dir: PathBuf,
+    /// Where disks are found (sysfs and the mount table).
+    pub host: HostPaths,
+    /// The governor's state dir (its disk is never the storage drive).
+    pub state_dir: PathBuf,
 }
 
 impl Default for CheckEnv {
@@ -25,6 +30,8 @@ impl Default for CheckEnv {
         Self {
             run_dir: "/run".into(),
             sys_dir: "/sys".into(),
+            host: HostPaths::default(),
+            state_dir: crate::DEFAULT_STATE_DIR.into(),
         }
     }
 }
@@ -97,7 +104,7 @@ pub async fn run(config_path: &Path, env: &CheckEnv) -> Vec<Line> {
     )];
     lines.push(clock(env));
     lines.extend(docker(&config).await);
-    lines.push(storage(&config));
+    lines.push(storage(&config, env));
     lines.push(dm_crypt(&config, env));
     lines.push(server(&config).await);
     lines.push(tunnel(&config).await);
@@ -172,16 +179,22 @@ async fn docker(config: &DeviceConfig) -> Vec<Line> {
     vec![engine, image]
 }
 
-fn storage(config: &DeviceConfig) -> Line {
-    match &config.storage_device {
-        StorageDevice::None => Line::ok(
+fn storage(config: &DeviceConfig, env: &CheckEnv) -> Line {
+    match discover::find(&env.host, &env.state_dir, &config.storage_device) {
+        Ok(None) => Line::ok(
             "storage",
             "a directory on the state partition (storageDevice: none)",
         ),
-        StorageDevice::Auto | StorageDevice::Path(_) => Line::fail(
+        Ok(Some(disk)) => Line::ok("storage", disk.reason),
+        Err(e) if e.is_absent() => Line::fail(
             "storage",
-            "USB drive storage is not in this build yet",
-            "set \"storageDevice\": \"none\"",
+            e.to_string(),
+            "plug in a USB drive (64 GB is the usual size)",
+        ),
+        Err(e) => Line::fail(
+            "storage",
+            e.to_string(),
+            "fix storageDevice, or unplug what holds the drive",
         ),
     }
 }
@@ -354,6 +367,8 @@ mod tests {
         let env = CheckEnv {
             run_dir: tmp.path().join("run"),
             sys_dir: tmp.path().join("sys"),
+            host: HostPaths::default(),
+            state_dir: tmp.path().join("state"),
         };
         (tmp, env)
     }

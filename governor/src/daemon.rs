@@ -15,9 +15,12 @@ use crate::runtime::DockerRuntime;
 use crate::socket::{self, Hub, SocketError, TunnelEndpoint};
 use crate::state::Phase;
 use crate::state::StateStore;
-use crate::storage::DirStorage;
+use crate::storage::discover::{self, DiscoverError, HostPaths};
+use crate::storage::{DirStorage, Storage, UsbStorage};
 use p2pvps_common::Backoff;
 
+/// How often a missing storage drive is looked for again.
+const STORAGE_POLL: Duration = Duration::from_secs(2);
 /// How often a missing config file is looked for again.
 const CONFIG_POLL: Duration = Duration::from_secs(5);
 
@@ -43,6 +46,8 @@ pub enum DaemonError {
     Lifecycle(#[from] LifecycleError),
     #[error(transparent)]
     Socket(#[from] SocketError),
+    #[error(transparent)]
+    Storage(#[from] DiscoverError),
 }
 
 /// Run the governor until `shutdown` completes. The status LED shows what it does; it goes dark
@@ -75,21 +80,30 @@ async fn run_with_led(
         old.shutdown().await;
     }
     let storage_root = opts.state_dir.join("storage");
-    let storage = match &config.storage_device {
-        StorageDevice::None => DirStorage::new(&storage_root),
-        other => {
-            return Err(ConfigError::Invalid {
-                path: opts.config.clone(),
-                key: "storageDevice",
-                reason: format!(
-                    "{other:?}: USB drive storage is not in this build yet; set \"storageDevice\": \"none\""
-                ),
-            }
-            .into());
+    let drive = match &config.storage_device {
+        StorageDevice::None => None,
+        device => {
+            led.show(Indication::WaitingForStorage);
+            let paths = HostPaths::default();
+            let disk = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                d = discover::wait_for(&paths, &opts.state_dir, device, STORAGE_POLL) => d?,
+            };
+            disk
         }
     };
     std::fs::create_dir_all(&storage_root).ok();
-    let (specs, limits) = crate::host::specs(&storage_root);
+    let (mut specs, limits) = crate::host::specs(&storage_root);
+    if let Some(disk) = &drive {
+        info!(disk = %disk.path.display(), reason = %disk.reason, "storage drive");
+        specs.disk_space = format!("{} GB", disk.size_bytes / 1_000_000_000);
+        if config.encrypt_storage {
+            warn!(
+                "encryptStorage is on, but this build cannot encrypt yet: the drive is plain ext4, readable by \
+                 whoever unplugs it, and is zeroed at each wipe"
+            );
+        }
+    }
     info!(?specs, "measured this device");
     let mut settings = Settings::new(config.device_id.clone(), specs, limits);
     settings.heartbeat = Duration::from_secs(config.heartbeat_seconds);
@@ -113,15 +127,25 @@ async fn run_with_led(
         () = &mut shutdown => return Ok(()),
         r = connect_docker() => r,
     };
-    let lifecycle = Lifecycle::new(
-        market,
-        runtime,
-        storage,
-        SystemClock,
-        StateStore::new(&opts.state_dir),
-        settings,
-    )
-    .with_hub(hub);
+    let store = StateStore::new(&opts.state_dir);
+    // One lifecycle type per storage backend.
+    if let Some(disk) = drive {
+        let storage = UsbStorage::new(disk.path, &opts.state_dir);
+        let lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings);
+        drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led).await
+    } else {
+        let storage = DirStorage::new(&storage_root);
+        let lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings);
+        drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led).await
+    }
+}
+
+/// Run the lifecycle until `shutdown`, showing its phases on the LED.
+async fn drive_lifecycle<S: Storage>(
+    lifecycle: &Lifecycle<Marketplace, DockerRuntime, S, SystemClock>,
+    shutdown: impl Future<Output = ()>,
+    led: &LedHandle,
+) -> Result<(), DaemonError> {
     let mut phases = lifecycle.subscribe();
     let run = lifecycle.run(shutdown);
     let show = async {

@@ -20,3 +20,6 @@ pub mod types;
 /// Exit status for a bad device-config.json (sysexits' EX_CONFIG); the systemd unit does not restart
 /// on it (`RestartPreventExitStatus=78`), since a restart cannot fix the file.
 pub const EXIT_CONFIG: u8 = 78;
+
+/// Where the governor keeps its state (the SD card's state partition on the image).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/p2pvps";

@@ -7,9 +7,7 @@ use clap::{Parser, Subcommand};
 use p2pvps_governor::config::{self, DeviceConfig};
 use p2pvps_governor::daemon::{self, DaemonError, RunOptions};
 use p2pvps_governor::state::StateStore;
-use p2pvps_governor::{EXIT_CONFIG, check, logging, status};
-
-const DEFAULT_STATE_DIR: &str = "/var/lib/p2pvps";
+use p2pvps_governor::{DEFAULT_STATE_DIR, EXIT_CONFIG, check, logging, status};
 
 #[derive(Parser)]
 #[command(

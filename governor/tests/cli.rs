@@ -77,22 +77,33 @@ fn run_with_a_bad_config_exits_78_at_once() {
 }
 
 #[test]
-fn run_refuses_usb_storage_until_it_exists() {
+fn run_without_a_usb_drive_waits_for_one() {
     let (d, path) = write_config(&format!(
-        r#"{{"deviceId": "{ID}", "serverUrl": "http://127.0.0.1:9"}}"#
+        r#"{{"deviceId": "{ID}", "serverUrl": "http://127.0.0.1:9", "led": "none"}}"#
     ));
-    let state = d.path().join("state");
-    let out = governor(&[
-        "run",
-        "--config",
-        &path,
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(78));
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", &path, "--state-dir"])
+        .arg(d.path().join("state"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited instead of waiting for a drive"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("key \"storageDevice\": Auto: USB drive storage is not in this build yet"),
+        err.contains("waiting for storage") && err.contains("no USB drive found"),
         "{err}"
     );
 }

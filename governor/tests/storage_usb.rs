@@ -15,104 +15,8 @@ use p2pvps_governor::storage::discover::{self, DiscoverError, HostPaths};
 use p2pvps_governor::storage::usb::{FS_LABEL, PARTITION_NAME};
 use p2pvps_governor::storage::{Storage, StorageError, UsbStorage};
 
-const MIB: u64 = 1 << 20;
+use p2pvps_testkit::{Loop, MIB, grep};
 const MIB_BYTES: usize = 1 << 20;
-
-/// A loop device over a sparse file; detached (after unmounting whatever is mounted from it) when
-/// dropped, also when a test panics.
-struct Loop {
-    dev: PathBuf,
-    image: PathBuf,
-}
-
-impl Loop {
-    fn new(image: &Path, mib: u64) -> Self {
-        File::create(image).unwrap().set_len(mib * MIB).unwrap();
-        Self::attach(image)
-    }
-
-    fn attach(image: &Path) -> Self {
-        let mut last = String::new();
-        // `--find` can race with other users of loop devices: try again.
-        for _ in 0..5 {
-            let out = Command::new("losetup")
-                .args(["--find", "--show", "--partscan"])
-                .arg(image)
-                .output()
-                .expect("run losetup (util-linux)");
-            if out.status.success() {
-                let dev = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-                return Self {
-                    dev: PathBuf::from(dev),
-                    image: image.to_owned(),
-                };
-            }
-            last = String::from_utf8_lossy(&out.stderr).into_owned();
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        panic!(
-            "losetup --find --show --partscan failed (these tests need root and loop devices): {last}"
-        );
-    }
-
-    fn name(&self) -> String {
-        self.dev.file_name().unwrap().to_string_lossy().into_owned()
-    }
-
-    fn partition(&self, n: u32) -> PathBuf {
-        PathBuf::from(format!("{}p{n}", self.dev.display()))
-    }
-
-    fn kernel_partitions(&self) -> Vec<String> {
-        let mut parts: Vec<String> = std::fs::read_dir(format!("/sys/block/{}", self.name()))
-            .unwrap()
-            .filter_map(|e| {
-                let e = e.ok()?;
-                e.path()
-                    .join("partition")
-                    .exists()
-                    .then(|| e.file_name().to_string_lossy().into_owned())
-            })
-            .collect();
-        parts.sort();
-        parts
-    }
-
-    /// Detach, leaving the image (a replug or reboot).
-    fn detach(self) -> PathBuf {
-        let image = self.image.clone();
-        drop(self);
-        image
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let prefix = format!("{}p", self.dev.display());
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                let source = right.split(' ').nth(1)?;
-                (source.starts_with(&prefix) || source == self.dev.to_str()?)
-                    .then(|| left.split(' ').nth(4))?
-            })
-            .collect();
-        points.reverse();
-        for p in points {
-            // Busy for a moment while another test's child process holds an inherited descriptor.
-            for _ in 0..20 {
-                let out = Command::new("umount").arg(p).output();
-                if out.is_ok_and(|o| o.status.success()) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-    }
-}
 
 /// A loop disk, a state dir, and the storage on them. Fields drop in order: the loop first.
 struct Rig {
@@ -134,20 +38,6 @@ impl Rig {
             state,
             _images: images,
         }
-    }
-}
-
-/// Whether `needle` occurs anywhere in the bytes of `path` (`grep -a -F`).
-fn grep(path: &Path, needle: &str) -> bool {
-    let out = Command::new("grep")
-        .args(["-q", "-a", "-F", needle])
-        .arg(path)
-        .output()
-        .unwrap();
-    match out.status.code() {
-        Some(0) => true,
-        Some(1) => false,
-        _ => panic!("grep {}: {out:?}", path.display()),
     }
 }
 

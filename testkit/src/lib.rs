@@ -2,6 +2,7 @@
 //! example config in image/tunnel-endpoint/) on a random port, with the tunnel-only user that
 //! `scripts/tunnel-endpoint setup` makes. Not shipped: a dev-dependency only.
 
+use std::fs::File;
 use std::net::{IpAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -254,4 +255,119 @@ pub fn descendants(pid: u32) -> Vec<u32> {
         }
     }
     found
+}
+
+/// One mebibyte.
+pub const MIB: u64 = 1 << 20;
+
+/// A loop device over a sparse file; detached (after unmounting whatever is mounted from it) when
+/// dropped, also when a test panics.
+pub struct Loop {
+    /// The loop device, `/dev/loopN`.
+    pub dev: PathBuf,
+    /// The sparse file behind it.
+    pub image: PathBuf,
+}
+
+impl Loop {
+    pub fn new(image: &Path, mib: u64) -> Self {
+        File::create(image).unwrap().set_len(mib * MIB).unwrap();
+        Self::attach(image)
+    }
+
+    pub fn attach(image: &Path) -> Self {
+        let mut last = String::new();
+        // `--find` can race with other users of loop devices: try again.
+        for _ in 0..5 {
+            let out = Command::new("losetup")
+                .args(["--find", "--show", "--partscan"])
+                .arg(image)
+                .output()
+                .expect("run losetup (util-linux)");
+            if out.status.success() {
+                let dev = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+                return Self {
+                    dev: PathBuf::from(dev),
+                    image: image.to_owned(),
+                };
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!(
+            "losetup --find --show --partscan failed (these tests need root and loop devices): {last}"
+        );
+    }
+
+    pub fn name(&self) -> String {
+        self.dev.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    pub fn partition(&self, n: u32) -> PathBuf {
+        PathBuf::from(format!("{}p{n}", self.dev.display()))
+    }
+
+    pub fn kernel_partitions(&self) -> Vec<String> {
+        let mut parts: Vec<String> = std::fs::read_dir(format!("/sys/block/{}", self.name()))
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                e.path()
+                    .join("partition")
+                    .exists()
+                    .then(|| e.file_name().to_string_lossy().into_owned())
+            })
+            .collect();
+        parts.sort();
+        parts
+    }
+
+    /// Detach, leaving the image (a replug or reboot).
+    pub fn detach(self) -> PathBuf {
+        let image = self.image.clone();
+        drop(self);
+        image
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let prefix = format!("{}p", self.dev.display());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                let source = right.split(' ').nth(1)?;
+                (source.starts_with(&prefix) || source == self.dev.to_str()?)
+                    .then(|| left.split(' ').nth(4))?
+            })
+            .collect();
+        points.reverse();
+        for p in points {
+            // Busy for a moment while another test's child process holds an inherited descriptor.
+            for _ in 0..20 {
+                let out = Command::new("umount").arg(p).output();
+                if out.is_ok_and(|o| o.status.success()) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// Whether `needle` occurs anywhere in the bytes of `path` (`grep -a -F`).
+pub fn grep(path: &Path, needle: &str) -> bool {
+    let out = Command::new("grep")
+        .args(["-q", "-a", "-F", needle])
+        .arg(path)
+        .output()
+        .unwrap();
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!("grep {}: {out:?}", path.display()),
+    }
 }

@@ -1,0 +1,100 @@
+//! A rental on a USB drive, end to end: the governor binary with `storageDevice` naming a loop
+//! device (a sparse file standing in for the drive), the devserver and the real Docker engine. What
+//! the renter wrote lands on the drive, and nothing of it is left on the raw device after the wipe.
+//! Plain mode (`encryptStorage: false`): this machine's kernel has no dm-crypt.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cleanup, admin_device, docker, random_device, start_governor, status, wait_for};
+use p2pvps_devserver::{Options, spawn};
+use p2pvps_testkit::{Loop, grep};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rental_on_a_usb_drive_leaves_nothing_behind() {
+    let images = tempfile::tempdir().unwrap();
+    // Declared before the container's cleanup, so dropped after it: the drive outlives its users.
+    let disk = Loop::new(&images.path().join("usb.img"), 256);
+    let device = random_device();
+    let name = format!("p2pvps-usb-{}", &device[..12]);
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let server = spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        Options {
+            devices: vec![device.clone()],
+            lease: Duration::from_secs(15),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("device-config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"deviceId": "{device}", "serverUrl": "{}", "storageDevice": "{}", "encryptStorage": false,
+                "heartbeatSeconds": 2, "led": "none"}}"#,
+            server.url(),
+            disk.dev.display()
+        ),
+    )
+    .unwrap();
+    let state = tmp.path().join("state");
+    let governor = start_governor(&config, &state, &name, "none");
+
+    let first = wait_for("the first rental", Duration::from_mins(1), async || {
+        let d = admin_device(&server.url(), &device).await;
+        (d["registrations"] == 1 && status(&state)["phase"] == "serving").then_some(d)
+    })
+    .await;
+    let user = first["lease"]["username"].as_str().unwrap().to_owned();
+    // The drive was offered to the marketplace as the disk space.
+    assert_eq!(first["specs"]["diskSpace"], "0 GB");
+    let secret = format!("renter-secret-{}", random_device());
+    let (ok, _, err) = docker(&[
+        "exec",
+        "-u",
+        &user,
+        &name,
+        "sh",
+        "-c",
+        &format!("echo {secret} > /media/storage/canary && sync"),
+    ]);
+    assert!(ok, "{err}");
+    // It is on the drive, in the rental's ext4 partition.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let partition = format!("{}p1", disk.dev.display());
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(&format!(" {partition} ")) && l.contains(state.to_str().unwrap())),
+        "the rental's storage is not mounted from {partition}"
+    );
+    assert!(
+        grep(&disk.dev, &secret),
+        "the canary never reached the drive"
+    );
+
+    // The lease ends: wipe, verify, and a new rental on a fresh volume.
+    let second = wait_for("the second rental", Duration::from_mins(2), async || {
+        let d = admin_device(&server.url(), &device).await;
+        (d["registrations"] == 2 && status(&state)["phase"] == "serving").then_some(d)
+    })
+    .await;
+    assert!(
+        !grep(&disk.dev, &secret),
+        "the previous renter's data survived the wipe"
+    );
+    let user2 = second["lease"]["username"].as_str().unwrap();
+    let (_, ls, _) = docker(&["exec", &name, "ls", "-A", "/media/storage"]);
+    assert!(
+        !ls.contains("canary"),
+        "the new renter sees the old files: {ls}"
+    );
+    let (ok, _, _) = docker(&["exec", "-u", user2, &name, "touch", "/media/storage/mine"]);
+    assert!(ok, "the new renter cannot write its storage");
+    drop(governor);
+    server.stop().await;
+}
