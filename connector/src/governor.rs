@@ -18,6 +18,32 @@ use p2pvps_common::Backoff;
 /// Where the governor's socket is mounted in the renter's container.
 pub const DEFAULT_SOCKET: &str = "/run/p2pvps/governor.sock";
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_counted_from_sshd_monitor_processes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let proc = |pid: &str, cmdline: &[u8]| {
+            std::fs::create_dir_all(tmp.path().join(pid)).unwrap();
+            std::fs::write(tmp.path().join(pid).join("cmdline"), cmdline).unwrap();
+        };
+        proc("1", b"/sbin/docker-init\0--\0p2pvps-connector\0serve\0");
+        proc(
+            "7",
+            b"sshd: /usr/sbin/sshd -D -e [listener] 0 of 10-100 startups\0",
+        );
+        proc("20", b"sshd: alice [priv]\0");
+        proc("21", b"sshd: alice@pts/0\0");
+        proc("30", b"sshd: bob [priv]\0");
+        proc("40", b"sshd: unknown [net]\0");
+        std::fs::create_dir_all(tmp.path().join("self")).unwrap();
+        assert_eq!(count_sessions(tmp.path()), 2);
+        assert_eq!(count_sessions(&tmp.path().join("missing")), 0);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GovernorError {
     #[error("{path}: {source}")]
@@ -98,6 +124,43 @@ pub async fn tunnel_settings(path: &Path) -> TunnelSettings {
             }
         }
     }
+}
+
+/// Counts the renters' SSH sessions in the container every `interval` and tells the governor when
+/// the number changes (its LED shows "renter connected").
+pub async fn report_sessions(path: PathBuf, proc_dir: PathBuf, interval: Duration) {
+    let mut reported = None;
+    loop {
+        let count = count_sessions(&proc_dir);
+        if reported != Some(count) {
+            match ask(&path, &json!({"op": "sessions", "count": count})).await {
+                Ok(_) => reported = Some(count),
+                Err(e) => debug!(error = %e, "cannot report the sessions to the governor"),
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// OpenSSH runs one privileged monitor process per logged-in connection, named `sshd: USER [priv]`
+/// (the listener and connections still authenticating are named otherwise).
+pub fn count_sessions(proc_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(proc_dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmd| {
+            let cmd = String::from_utf8_lossy(cmd);
+            cmd.starts_with("sshd: ") && cmd.trim_end_matches('\0').ends_with(" [priv]")
+        })
+        .count()
 }
 
 /// Sends the latest tunnel state to the governor whenever it changes, and again after a failed

@@ -43,6 +43,11 @@ pub async fn serve(
 
     let (state_tx, state_rx) = watch::channel(None);
     let reporter = tokio::spawn(governor::report_states(opts.socket.clone(), state_rx));
+    let sessions = tokio::spawn(governor::report_sessions(
+        opts.socket.clone(),
+        "/proc".into(),
+        Duration::from_secs(2),
+    ));
     let work = async {
         let mut stop = stop_rx.clone();
         let settings = tokio::select! {
@@ -72,6 +77,7 @@ pub async fn serve(
     stop_tx.send_replace(true);
     let _ = sshd.await;
     reporter.abort();
+    sessions.abort();
     Ok(())
 }
 

@@ -147,12 +147,15 @@ async fn drive_lifecycle<S: Storage>(
     led: &LedHandle,
 ) -> Result<(), DaemonError> {
     let mut phases = lifecycle.subscribe();
+    let mut sessions = lifecycle.hub().sessions();
     let run = lifecycle.run(shutdown);
     let show = async {
         loop {
-            led.show(indication(*phases.borrow_and_update()));
-            if phases.changed().await.is_err() {
-                return;
+            let phase = *phases.borrow_and_update();
+            led.show(indication(phase, *sessions.borrow_and_update()));
+            tokio::select! {
+                r = phases.changed() => if r.is_err() { return },
+                r = sessions.changed() => if r.is_err() { return },
             }
         }
     };
@@ -164,12 +167,13 @@ async fn drive_lifecycle<S: Storage>(
     Ok(())
 }
 
-/// What the LED shows in each phase of the lifecycle.
-fn indication(phase: Phase) -> Indication {
+/// What the LED shows in each phase of the lifecycle, with `sessions` renter SSH sessions open.
+fn indication(phase: Phase, sessions: u32) -> Indication {
     match phase {
         // Instant with a directory; with a USB drive, this is where a missing drive is waited for.
         Phase::PreparingStorage => Indication::WaitingForStorage,
         Phase::Registering | Phase::Provisioning => Indication::Registering,
+        Phase::Serving if sessions > 0 => Indication::RenterConnected,
         Phase::Serving => Indication::Ready,
         Phase::Expired | Phase::Wiping => Indication::Wiping,
     }
@@ -219,15 +223,22 @@ mod tests {
 
     #[test]
     fn every_phase_has_its_own_busy_or_ready_pattern() {
-        assert_eq!(
-            indication(Phase::PreparingStorage),
-            Indication::WaitingForStorage
-        );
-        assert_eq!(indication(Phase::Registering), Indication::Registering);
-        assert_eq!(indication(Phase::Provisioning), Indication::Registering);
-        assert_eq!(indication(Phase::Serving), Indication::Ready);
-        assert_eq!(indication(Phase::Expired), Indication::Wiping);
-        assert_eq!(indication(Phase::Wiping), Indication::Wiping);
+        let cases = [
+            (Phase::PreparingStorage, 0, Indication::WaitingForStorage),
+            (Phase::Registering, 0, Indication::Registering),
+            (Phase::Provisioning, 0, Indication::Registering),
+            (Phase::Serving, 0, Indication::Ready),
+            (Phase::Serving, 2, Indication::RenterConnected),
+            (Phase::Expired, 1, Indication::Wiping),
+            (Phase::Wiping, 0, Indication::Wiping),
+        ];
+        for (phase, sessions, want) in cases {
+            assert_eq!(
+                indication(phase, sessions),
+                want,
+                "{phase:?} with {sessions} sessions"
+            );
+        }
     }
 
     #[tokio::test]

@@ -132,6 +132,11 @@ where
         self
     }
 
+    /// The socket hub: tunnel settings out, the connector's reports in.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
     /// Phase changes, for the LED and tests.
     pub fn subscribe(&self) -> watch::Receiver<Phase> {
         self.phase_tx.subscribe()

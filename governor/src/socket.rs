@@ -4,7 +4,8 @@
 //!
 //! Protocol: one JSON object per line each way. Requests: `{"op": "tunnel-settings"}` ->
 //! `{"ok": true, "settings": {…}}`; `{"op": "tunnel-state", "state": {"state": "up"|…, …}}` ->
-//! `{"ok": true}`. Failures answer `{"ok": false, "error": "…"}`. Everything that comes in is
+//! `{"ok": true}`; `{"op": "sessions", "count": N}` (renter SSH sessions open) -> `{"ok": true}`.
+//! Failures answer `{"ok": false, "error": "…"}`. Everything that comes in is
 //! untrusted (the renter is root in the container): lines are capped and checked.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::types::Secret;
@@ -85,12 +87,26 @@ pub struct TunnelReport {
     /// Why it is down, when it is.
     pub error: Option<String>,
     pub reported_at: DateTime<Utc>,
+    /// Renter SSH sessions open in the container, as last reported.
+    #[serde(default)]
+    pub sessions: u32,
 }
 
 /// Shared between the lifecycle (which sets the settings) and the socket's connections.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Hub {
     inner: Arc<Mutex<HubInner>>,
+    /// Renter sessions open now, for the LED.
+    sessions: Arc<watch::Sender<u32>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            sessions: Arc::new(watch::Sender::new(0)),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -115,6 +131,7 @@ impl Hub {
         inner.tunnel = settings;
         if inner.tunnel.is_none() {
             inner.report = None;
+            self.sessions.send_replace(0);
             if let Some(f) = &inner.report_file {
                 let _ = std::fs::remove_file(f);
             }
@@ -124,6 +141,11 @@ impl Hub {
     /// The settings the connector gets now.
     pub fn tunnel(&self) -> Option<TunnelSettings> {
         self.inner.lock().unwrap().tunnel.clone()
+    }
+
+    /// The number of renter SSH sessions open, as it changes.
+    pub fn sessions(&self) -> watch::Receiver<u32> {
+        self.sessions.subscribe()
     }
 
     pub fn tunnel_report(&self) -> Option<TunnelReport> {
@@ -139,6 +161,13 @@ impl Hub {
                 Some(t) => json!({"ok": true, "settings": t.to_wire()}),
                 None => json!({"ok": false, "error": "no rental in force"}),
             },
+            Some("sessions") => match req.get("count").and_then(Value::as_u64) {
+                Some(n @ 0..=10_000) => {
+                    self.record_sessions(u32::try_from(n).expect("checked range"));
+                    json!({"ok": true})
+                }
+                _ => json!({"ok": false, "error": "count must be a number of sessions"}),
+            },
             Some("tunnel-state") => match parse_report(req.get("state")) {
                 Ok(report) => {
                     self.record(report);
@@ -153,7 +182,20 @@ impl Hub {
         }
     }
 
-    fn record(&self, report: TunnelReport) {
+    fn record_sessions(&self, count: u32) {
+        if self.sessions.send_replace(count) != count {
+            info!(sessions = count, "renter sessions");
+        }
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(mut report) = inner.report.take() {
+            report.sessions = count;
+            drop(inner);
+            self.record(report);
+        }
+    }
+
+    fn record(&self, mut report: TunnelReport) {
+        report.sessions = *self.sessions.borrow();
         let mut inner = self.inner.lock().unwrap();
         if inner.report.as_ref().map(|r| (&r.state, &r.error))
             != Some((&report.state, &report.error))
@@ -194,6 +236,7 @@ fn parse_report(v: Option<&Value>) -> Result<TunnelReport, String> {
         state: state.to_owned(),
         error,
         reported_at: Utc::now(),
+        sessions: 0,
     })
 }
 
@@ -329,6 +372,20 @@ mod tests {
             serde_json::from_slice(&std::fs::read(tmp.path().join(TUNNEL_FILE)).unwrap()).unwrap();
         assert_eq!(saved, r);
 
+        // Sessions reported by the connector reach the LED's watch and the saved report.
+        let mut sessions = hub.sessions();
+        assert_eq!(
+            ask(&sock, r#"{"op": "sessions", "count": 2}"#).await,
+            json!({"ok": true})
+        );
+        assert_eq!(*sessions.borrow_and_update(), 2);
+        assert_eq!(hub.tunnel_report().unwrap().sessions, 2);
+        let saved: TunnelReport =
+            serde_json::from_slice(&std::fs::read(tmp.path().join(TUNNEL_FILE)).unwrap()).unwrap();
+        assert_eq!(saved.sessions, 2);
+        let a = ask(&sock, r#"{"op": "sessions", "count": -1}"#).await;
+        assert_eq!(a["ok"], false);
+
         for (bad, want) in [
             ("nonsense", "not a JSON object"),
             (r#"{"op": "rm -rf"}"#, "unknown op"),
@@ -347,6 +404,7 @@ mod tests {
 
         hub.set_tunnel(None);
         assert!(hub.tunnel_report().is_none());
+        assert_eq!(*sessions.borrow_and_update(), 0);
         assert!(!tmp.path().join(TUNNEL_FILE).exists());
     }
 

@@ -97,6 +97,7 @@ impl StatusView {
                     relative(t.reported_at, now)
                 ),
             );
+            line("renter sessions", &t.sessions.to_string());
         }
         line("rentals done", &self.rentals_completed.to_string());
         if let Some(at) = self.last_heartbeat {

@@ -78,6 +78,24 @@ async fn a_renter_logs_in_with_sudo_and_a_re_rent_changes_the_login() {
     );
     assert_eq!(stdout(&o), "kept");
 
+    // An open session is seen by the connector and reported (the LED shows "renter connected").
+    let mut session = common::tunnel::ssh_command(port, &user, &password, "sleep 8")
+        .spawn()
+        .expect("start a session");
+    wait_for(
+        "the session to be reported",
+        Duration::from_secs(20),
+        async || (status(&rig.state)["tunnel"]["sessions"] == 1).then_some(()),
+    )
+    .await;
+    session.wait().unwrap();
+    wait_for(
+        "the session's end to be reported",
+        Duration::from_secs(20),
+        async || (status(&rig.state)["tunnel"]["sessions"] == 0).then_some(()),
+    )
+    .await;
+
     // The marketplace ends the rental: the next renter's login works, the old one does not.
     rig.expire().await;
     let (next_user, next_password, next_port) = rig.serving(2, Duration::from_secs(90)).await;
