@@ -5,7 +5,6 @@ mod common;
 
 use std::process::Command;
 
-use p2pvps_devserver::{Options, spawn};
 use p2pvps_testkit::{Endpoint, free_port};
 
 struct Outcome {
@@ -53,15 +52,7 @@ fn config(device: &str, server: &str, endpoint_port: u16, extra: &str) -> String
 #[allow(clippy::too_many_lines)] // one machine, every check broken in turn
 async fn all_ok_and_each_fail_with_its_fix() {
     let device = common::random_device();
-    let server = spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        Options {
-            devices: vec![device.clone()],
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
+    let server = common::devserver(&device, None).await;
     let endpoint = Endpoint::start();
     let pin = format!(r#", "sshHostKey": "{}""#, endpoint.fingerprint);
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::{Cleanup, admin_device, docker, random_device, start_governor, status, wait_for};
-use p2pvps_devserver::{Options, spawn};
 
 const LEASE: Duration = Duration::from_secs(20);
 
@@ -25,16 +24,7 @@ async fn a_rental_cycle_on_the_real_engine() {
     let device = random_device();
     let name = format!("p2pvps-e2e-{device}");
     let _cleanup = Cleanup(vec![name.clone()]);
-    let server = spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        Options {
-            devices: vec![device.clone()],
-            lease: LEASE,
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
+    let server = common::devserver(&device, Some(LEASE)).await;
     let base = server.url();
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("device-config.json");

@@ -8,7 +8,6 @@ mod common;
 use std::time::Duration;
 
 use common::{Cleanup, admin_device, docker, random_device, start_governor, status, wait_for};
-use p2pvps_devserver::{Options, spawn};
 use p2pvps_testkit::{Loop, grep};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,16 +18,7 @@ async fn a_rental_on_a_usb_drive_leaves_nothing_behind() {
     let device = random_device();
     let name = format!("p2pvps-usb-{}", &device[..12]);
     let _cleanup = Cleanup(vec![name.clone()]);
-    let server = spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        Options {
-            devices: vec![device.clone()],
-            lease: Duration::from_secs(15),
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
+    let server = common::devserver(&device, Some(Duration::from_secs(15))).await;
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("device-config.json");
     std::fs::write(

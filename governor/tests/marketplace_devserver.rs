@@ -5,7 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-use p2pvps_devserver::{Options, spawn};
 use p2pvps_governor::marketplace::{Marketplace, MarketplaceApi as _, Specs};
 use p2pvps_governor::types::DeviceId;
 
@@ -21,16 +20,7 @@ fn specs() -> Specs {
 #[tokio::test]
 async fn register_check_in_and_expiration_round_trip() {
     let device = common::random_device();
-    let server = spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        Options {
-            devices: vec![device.clone()],
-            lease: Duration::from_hours(1),
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
+    let server = common::devserver(&device, Some(Duration::from_hours(1))).await;
     let url = reqwest::Url::parse(&server.url()).unwrap();
     let client = Marketplace::new(&url, DeviceId::parse(&device).unwrap()).unwrap();
 
@@ -73,15 +63,7 @@ async fn register_check_in_and_expiration_round_trip() {
 #[tokio::test]
 async fn an_injected_server_error_is_reported() {
     let device = common::random_device();
-    let server = spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        Options {
-            devices: vec![device.clone()],
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
+    let server = common::devserver(&device, None).await;
     let http = common::http();
     http.put(format!("{}/admin/fault", server.url()))
         .json(&serde_json::json!({"mode": "error"}))

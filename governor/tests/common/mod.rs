@@ -37,6 +37,20 @@ impl Drop for Cleanup {
     }
 }
 
+/// A devserver on 127.0.0.1 that knows `device`, with leases of `lease` (its default: one day).
+pub async fn devserver(device: &str, lease: Option<Duration>) -> p2pvps_devserver::Running {
+    let mut options = p2pvps_devserver::Options {
+        devices: vec![device.to_owned()],
+        ..p2pvps_devserver::Options::default()
+    };
+    if let Some(lease) = lease {
+        options.lease = lease;
+    }
+    p2pvps_devserver::spawn("127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .expect("the devserver starts")
+}
+
 /// An HTTP client for the devserver's admin routes.
 pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
