@@ -1,5 +1,6 @@
 //! The command line as an owner or systemd meets it: exit codes and one-line messages.
 
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -81,27 +82,7 @@ fn run_without_a_usb_drive_waits_for_one() {
     let (d, path) = write_config(&format!(
         r#"{{"deviceId": "{ID}", "serverUrl": "http://127.0.0.1:9", "led": "none"}}"#
     ));
-    let mut child = Command::new(BIN)
-        .args(["run", "--config", &path, "--state-dir"])
-        .arg(d.path().join("state"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "exited instead of waiting for a drive"
-    );
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_waiting_then_sigterm(Path::new(&path), d.path(), "a drive");
     assert!(
         err.contains("waiting for storage") && err.contains("no USB drive found"),
         "{err}"
@@ -111,30 +92,36 @@ fn run_without_a_usb_drive_waits_for_one() {
 #[test]
 fn run_without_a_config_waits_for_one_and_stops_on_sigterm() {
     let d = tempfile::tempdir().unwrap();
-    let config = d.path().join("device-config.json");
+    let err = run_waiting_then_sigterm(&d.path().join("device-config.json"), d.path(), "a config");
+    assert!(err.contains("no device-config.json yet"), "{err}");
+}
+
+/// `run` must still be waiting (for `what`) after 1.5 s, and stop at once with exit 0 on SIGTERM;
+/// returns what it logged.
+fn run_waiting_then_sigterm(config: &Path, dir: &Path, what: &str) -> String {
     let mut child = Command::new(BIN)
-        .args(["run", "--config", config.to_str().unwrap(), "--state-dir"])
-        .arg(d.path().join("state"))
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         child.try_wait().unwrap().is_none(),
-        "exited without a config instead of waiting"
+        "exited instead of waiting for {what}"
     );
     let started = Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(kill.unwrap().success());
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no device-config.json yet"));
+    assert!(out.status.success(), "{}", out.status);
+    assert!(started.elapsed() < Duration::from_secs(5), "slow to stop");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
