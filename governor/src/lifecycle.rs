@@ -142,14 +142,6 @@ where
         self.phase_tx.subscribe()
     }
 
-    pub fn runtime(&self) -> &R {
-        &self.runtime
-    }
-
-    pub fn market(&self) -> &M {
-        &self.market
-    }
-
     /// Run until `shutdown` completes. The renter's container is left running on shutdown: stopping
     /// the governor (an upgrade, a restart) must not cut a renter off.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), LifecycleError> {

@@ -30,6 +30,14 @@ fn spec(name: &str, device: &str, storage: &std::path::Path) -> ContainerSpec {
     }
 }
 
+/// A fresh device id, a container name from it, a storage dir, and the container's cleanup.
+fn names() -> (String, String, tempfile::TempDir, Cleanup) {
+    let device = random_device();
+    let name = format!("p2pvps-test-{device}");
+    let cleanup = Cleanup(vec![name.clone()]);
+    (device, name, tempfile::tempdir().unwrap(), cleanup)
+}
+
 fn inspect(name: &str, format: &str) -> String {
     let (ok, out, err) = docker(&["inspect", "--format", format, name]);
     assert!(ok, "docker inspect {name}: {err}");
@@ -44,10 +52,7 @@ async fn a_renter_container_is_confined_has_its_login_and_stops_fast() {
     rt.ensure_image(IMAGE, None)
         .await
         .expect("scripts/test builds the renter image");
-    let device = random_device();
-    let name = format!("p2pvps-test-{device}");
-    let _cleanup = Cleanup(vec![name.clone()]);
-    let storage = tempfile::tempdir().unwrap();
+    let (device, name, storage, _cleanup) = names();
     let id = rt
         .create(&spec(&name, &device, storage.path()))
         .await
@@ -127,10 +132,7 @@ async fn a_renter_container_is_confined_has_its_login_and_stops_fast() {
 #[tokio::test]
 async fn a_stopped_container_is_seen_and_restarted() {
     let rt = DockerRuntime::connect().await.unwrap();
-    let device = random_device();
-    let name = format!("p2pvps-test-{device}");
-    let _cleanup = Cleanup(vec![name.clone()]);
-    let storage = tempfile::tempdir().unwrap();
+    let (device, name, storage, _cleanup) = names();
     let id = rt
         .create(&spec(&name, &device, storage.path()))
         .await
