@@ -153,6 +153,21 @@ impl Secret {
         Ok(Self(s.to_owned()))
     }
 
+    /// A renter's storage passphrase: 8 to 512 characters, no control characters (a terminal cannot
+    /// type them back reliably after a reboot).
+    pub fn passphrase(s: &str) -> Result<Self, Invalid> {
+        let len = s.chars().count();
+        if !(8..=512).contains(&len) {
+            return Err(Invalid(format!(
+                "passphrase must be 8-512 characters, got {len}"
+            )));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(Invalid("passphrase contains a control character".into()));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -1,11 +1,16 @@
 //! The renter's persistent storage, one volume per rental, behind a trait: the directory backend
-//! and the USB drive (plain ext4 for now; LUKS2 comes beside it), with the discovery of that drive.
+//! and the USB drive (LUKS2 or plain ext4), with the discovery of that drive; and the renter's
+//! control of the volume's key ([`VolumeKeys`], through the governor's socket).
 
 use std::future::Future;
 use std::path::PathBuf;
 
+use crate::types::Secret;
+
 pub mod dir;
 pub mod discover;
+pub mod keys;
+pub mod luks;
 mod mountinfo;
 pub mod usb;
 
@@ -32,6 +37,11 @@ pub enum StorageError {
     /// A helper program (mkfs.ext4, mount, blockdev…) failed; `detail` has its exit status and stderr.
     #[error("`{command}` failed: {detail}")]
     Command { command: String, detail: String },
+    #[error(transparent)]
+    Luks(#[from] luks::LuksError),
+    /// A renter key request that cannot be met as asked (wrong passphrase, nothing to unlock…).
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub trait Storage: Send + Sync {
@@ -50,4 +60,49 @@ pub trait Storage: Send + Sync {
 
     /// A short description for logs and status.
     fn describe(&self) -> String;
+
+    /// Whether a volume mounted after the container started reaches it (the container's bind of
+    /// the volume must then be a mount-propagation slave).
+    fn mounts_propagate(&self) -> bool {
+        false
+    }
+}
+
+/// Who can open the volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyHolder {
+    /// Not encrypted.
+    None,
+    /// The device key in the state dir: opens by itself after a reboot.
+    Device,
+    /// Only the renter's passphrase: locked after a reboot until the renter unlocks.
+    Renter,
+}
+
+/// The volume's encryption state, for the renter's `p2pvps-storage status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyStatus {
+    pub encrypted: bool,
+    pub holder: KeyHolder,
+    /// Encrypted, and not open: waiting for the renter's passphrase.
+    pub locked: bool,
+}
+
+/// The renter's control of a volume's key. Blocking calls (key derivation takes seconds): run them
+/// off the async threads.
+pub trait VolumeKeys: Send + Sync {
+    fn key_status(&self, id: &str) -> Result<KeyStatus, StorageError>;
+
+    /// Set the renter's passphrase (`old`: the current one, once the renter holds the key) and
+    /// remove the device key: from then on only the passphrase opens the volume.
+    fn set_passphrase(
+        &self,
+        id: &str,
+        passphrase: &Secret,
+        old: Option<&Secret>,
+    ) -> Result<(), StorageError>;
+
+    /// Open and mount a locked volume with the renter's passphrase.
+    fn unlock(&self, id: &str, passphrase: &Secret) -> Result<PathBuf, StorageError>;
 }

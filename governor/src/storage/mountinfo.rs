@@ -14,6 +14,8 @@ pub struct Mount {
     pub source: String,
     /// Per-superblock options (`lowerdir=…` for overlay).
     pub super_options: String,
+    /// In a shared peer group (`shared:N`): mounts made below it propagate to its peers.
+    pub shared: bool,
 }
 
 /// Read and parse a mountinfo file.
@@ -32,6 +34,8 @@ fn parse_line(line: &str) -> Option<Mount> {
     let mut left = left.split(' ');
     let dev = left.nth(2)?;
     let mount_point = left.nth(1)?;
+    // After the mount options come the optional fields (`shared:N`, `master:N`…).
+    let shared = left.skip(1).any(|f| f.starts_with("shared:"));
     let (major, minor) = dev.split_once(':')?;
     let mut right = right.split(' ');
     let fstype = right.next()?;
@@ -43,6 +47,7 @@ fn parse_line(line: &str) -> Option<Mount> {
         fstype: unescape(fstype),
         source: unescape(source),
         super_options: unescape(super_options),
+        shared,
     })
 }
 

@@ -6,7 +6,17 @@
 //! `open` tells that the drive holds *this* rental's volume and not an older one. ext4 on the partition
 //! (e2fsprogs' mkfs.ext4, label `p2pvps`), mounted at `<state_dir>/mnt/<id>`.
 //!
-//! This is the plain mode (no encryption: `encryptStorage: false`, or a kernel without dm-crypt). The
+//! Encrypted mode (the default where the kernel has dm-crypt): LUKS2 on the partition (`luks.rs`),
+//! a random device key in `<state_dir>/keys` (`keys.rs`), ext4 on `/dev/mapper/p2pvps-<id>`. The
+//! renter may take the key over ([`VolumeKeys`]): after a reboot the volume then stays locked, with
+//! a read-only empty tmpfs at its mount point (so nothing the renter writes meanwhile lands on the
+//! state partition), until the renter unlocks it; the ext4 is then mounted over the placeholder, and
+//! reaches the running container through mount propagation (`<state_dir>/mnt` is made a shared
+//! mount, the container's bind a slave). The wipe is a crypto-erase: close, destroy the keyslots,
+//! overwrite the header area (and the partition tables), discard where supported, delete the device
+//! key; the check reads that area back and finds no LUKS header.
+//!
+//! Plain mode (`encryptStorage: false`, or a kernel without dm-crypt): ext4 on the partition. The
 //! wipe is a discard where the device supports it, then a full overwrite with zeros (4 MiB direct
 //! writes, progress in the log), and the check reads the drive back (first and last MiB and sampled
 //! blocks) without the page cache.
@@ -42,8 +52,11 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::discover::{self, BlockGraph, HostPaths, human_size, read_trimmed};
+use super::keys::KeyDir;
+use super::luks::{self, PassphraseKdf};
 use super::mountinfo::{self, Mount};
-use super::{Storage, StorageError};
+use super::{KeyHolder, KeyStatus, Storage, StorageError, VolumeKeys};
+use crate::types::Secret;
 
 /// The GPT partition name of a p2pvps volume.
 pub const PARTITION_NAME: &str = "p2pvps-storage";
@@ -69,6 +82,14 @@ const BUSY_TRIES: u32 = 20;
 const BUSY_PAUSE: Duration = Duration::from_millis(100);
 /// Smaller than this is not a storage drive.
 const MIN_SIZE: u64 = 16 * MIB;
+/// What the crypto-erase overwrites from the start of the disk, at least: the partition table and a
+/// LUKS2 header of the default size (16 MiB) at the 1 MiB partition start, with room to spare.
+const ERASE_SPAN: u64 = 32 * MIB;
+/// Mount source (a tmpfs) of the placeholder mounted while a volume is locked.
+const LOCKED_SOURCE: &str = "p2pvps-locked";
+/// The magic of a LUKS primary header, and of a LUKS2 secondary header.
+const LUKS_MAGIC: &[u8] = b"LUKS\xba\xbe";
+const LUKS_MAGIC2: &[u8] = b"SKUL\xba\xbe";
 
 /// The renter's storage on a whole disk (chosen by [`discover`]).
 #[derive(Debug, Clone)]
@@ -79,17 +100,47 @@ pub struct UsbStorage {
     state_dir: PathBuf,
     /// Where sysfs and the mount table are (the real ones; a parameter for symmetry with discovery).
     host: HostPaths,
+    /// LUKS2 (with the device key in `keys`), or plain ext4.
+    encrypt: bool,
+    keys: KeyDir,
+    kdf: PassphraseKdf,
 }
 
 impl UsbStorage {
     /// Storage on the whole disk `disk` (a device node such as `/dev/sda`), mounted under
     /// `<state_dir>/mnt`.
     pub fn new(disk: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
         Self {
             disk: disk.into(),
-            state_dir: state_dir.into(),
+            keys: KeyDir::new(&state_dir),
+            state_dir,
             host: HostPaths::default(),
+            encrypt: false,
+            kdf: PassphraseKdf::default(),
         }
+    }
+
+    /// Encrypt volumes with LUKS2 (needs dm-crypt); renters' passphrases stretched with `kdf`.
+    #[must_use]
+    pub fn encrypted(mut self, kdf: PassphraseKdf) -> Self {
+        self.encrypt = true;
+        self.kdf = kdf;
+        self
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypt
+    }
+
+    /// The device-mapper name of volume `id`'s opened LUKS2 device.
+    pub fn mapper_name(id: &str) -> String {
+        format!("p2pvps-{id}")
+    }
+
+    /// Where the device key of volume `id` is kept while the device holds it.
+    pub fn key_path(&self, id: &str) -> PathBuf {
+        self.keys.path(id)
     }
 
     pub fn disk(&self) -> &Path {
@@ -148,9 +199,14 @@ impl UsbStorage {
     // --- The steps, on the blocking pool ---
 
     fn prepare_blocking(&self, id: &str, cancel: &AtomicBool) -> Result<PathBuf, StorageError> {
+        check_id(id)?;
         let info = self.disk_info()?;
-        self.unmount_ours(&info)?;
-        warn!(
+        self.unmount_volume(&info, id)?;
+        if self.encrypt {
+            // A half-made volume of this id from an interrupted prepare.
+            Self::close(id)?;
+        } else {
+            warn!(
             disk = %self.disk.display(),
             "storage is NOT encrypted: the renter's files lie in plain ext4 on the drive, readable by \
              anyone who unplugs it during the rental; the renter cannot hold their own key; and the \
@@ -158,7 +214,8 @@ impl UsbStorage {
              crypto-erase in seconds",
             human_size(info.size),
             info.size / (20 * MIB) / 60 + 1
-        );
+            );
+        }
         // Old partition tables (primary at the start, backup at the end) and the old filesystem or
         // LUKS header where the new partition starts: gone first, so that nothing finds them later.
         {
@@ -167,7 +224,7 @@ impl UsbStorage {
                 &file,
                 &self.disk,
                 0,
-                (2 * MIB).min(info.size),
+                ERASE_SPAN.min(info.size - MIB),
                 cancel,
                 None,
                 None,
@@ -187,6 +244,14 @@ impl UsbStorage {
         let want = geometry(&info, first, last);
         self.sync_partitions(&info, Some(want))?;
         let part = self.wait_partition(&info, want)?;
+        let fs_dev = if self.encrypt {
+            let key = self.keys.create(id)?;
+            luks::format(&part.node, &key)?;
+            luks::activate(&part.node, &Self::mapper_name(id), &key)?;
+            self.wait_mapper(id)?
+        } else {
+            part.node.clone()
+        };
         run(
             "mkfs.ext4",
             [
@@ -198,48 +263,167 @@ impl UsbStorage {
                 OsStr::new(FS_LABEL),
                 OsStr::new("-E"),
                 OsStr::new("lazy_itable_init=1,nodiscard"),
-                part.node.as_os_str(),
+                fs_dev.as_os_str(),
             ],
         )?;
         let mount_point = self.mount_point(id);
-        self.mount(&part, &mount_point)?;
+        self.mount(&fs_dev, &mount_point)?;
         info!(
             disk = %self.disk.display(),
             partition = %part.node.display(),
             mount_point = %mount_point.display(),
-            "storage prepared: GPT, ext4 over {}",
+            "storage prepared: GPT, {}ext4 over {}",
+            if self.encrypt { "LUKS2, " } else { "" },
             human_size(info.size)
         );
         Ok(mount_point)
     }
 
     fn open_blocking(&self, id: &str) -> Result<PathBuf, StorageError> {
+        check_id(id)?;
         let info = self.disk_info()?;
-        let (first, last) = self.read_ours(&info, id)?;
-        let want = geometry(&info, first, last);
-        let part = if let Some(p) = partition(&info).filter(|p| (p.start, p.sectors) == want) {
-            p
-        } else {
-            // After a reboot on a kernel that cannot parse GPT, or a replug: tell it.
-            self.sync_partitions(&info, Some(want))?;
-            self.wait_partition(&info, want)?
-        };
+        let part = self.our_partition(&info, id)?;
         let mount_point = self.mount_point(id);
+        let fs_dev = if self.encrypt {
+            if !luks::is_active(&Self::mapper_name(id)) {
+                let Some(key) = self.keys.load(id)? else {
+                    if !luks::has_header(&part.node) {
+                        return Err(self.device_err(format!(
+                            "{} holds no LUKS2 header: not this rental's encrypted volume",
+                            part.node.display()
+                        )));
+                    }
+                    self.mount_locked(&mount_point)?;
+                    return Ok(mount_point);
+                };
+                luks::activate(&part.node, &Self::mapper_name(id), &key)?;
+            }
+            self.wait_mapper(id)?
+        } else {
+            part.node.clone()
+        };
+        let dev = device_number(&fs_dev)?;
         if let Some(m) = self.mounted_at(&mount_point)? {
-            if m.dev == part.dev {
+            if m.dev == dev {
                 return Ok(mount_point);
             }
-            return Err(self.device_err(format!(
-                "{} is mounted from another device ({}:{}), not {}",
-                mount_point.display(),
-                m.dev.0,
-                m.dev.1,
-                part.node.display()
-            )));
+            if m.source != LOCKED_SOURCE {
+                return Err(self.device_err(format!(
+                    "{} is mounted from another device ({}:{}), not {}",
+                    mount_point.display(),
+                    m.dev.0,
+                    m.dev.1,
+                    fs_dev.display()
+                )));
+            }
         }
-        self.mount(&part, &mount_point)?;
+        self.mount(&fs_dev, &mount_point)?;
         info!(mount_point = %mount_point.display(), "storage opened");
         Ok(mount_point)
+    }
+
+    /// Partition 1 of the disk when the GPT says it is volume `id`'s, as the kernel shows it (told
+    /// again after a reboot on a kernel that cannot parse GPT, or a replug).
+    fn our_partition(&self, info: &DiskInfo, id: &str) -> Result<Part, StorageError> {
+        let (first, last) = self.read_ours(info, id)?;
+        let want = geometry(info, first, last);
+        if let Some(p) = partition(info).filter(|p| (p.start, p.sectors) == want) {
+            return Ok(p);
+        }
+        self.sync_partitions(info, Some(want))?;
+        self.wait_partition(info, want)
+    }
+
+    /// The opened LUKS2 device of volume `id`, once its node exists.
+    fn wait_mapper(&self, id: &str) -> Result<PathBuf, StorageError> {
+        let node = Path::new("/dev/mapper").join(Self::mapper_name(id));
+        let deadline = Instant::now() + KERNEL_WAIT;
+        while !std::fs::metadata(&node).is_ok_and(|m| m.file_type().is_block_device()) {
+            if Instant::now() >= deadline {
+                return Err(self.device_err(format!(
+                    "{} did not appear within {} s of unlocking",
+                    node.display(),
+                    KERNEL_WAIT.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(node)
+    }
+
+    /// Close volume `id`'s LUKS2 device, retrying while a process that just let go still holds it.
+    fn close(id: &str) -> Result<(), StorageError> {
+        let name = Self::mapper_name(id);
+        let mut tries = 0;
+        loop {
+            match luks::deactivate(&name) {
+                Err(e) if e.errno() == Some(libc::EBUSY) && tries < BUSY_TRIES => {
+                    tries += 1;
+                    std::thread::sleep(BUSY_PAUSE);
+                }
+                other => return other.map_err(StorageError::from),
+            }
+        }
+    }
+
+    /// While the renter holds the key and has not unlocked: an empty read-only tmpfs at the mount
+    /// point, so the container's `/media/storage` takes no writes (which would land unencrypted on
+    /// the state partition), and `<state_dir>/mnt` made shared so the unlocked volume mounted later
+    /// reaches the running container.
+    fn mount_locked(&self, mount_point: &Path) -> Result<(), StorageError> {
+        self.ensure_mount_point(mount_point)?;
+        self.share_mounts_root()?;
+        if self.mounted_at(mount_point)?.is_none() {
+            run(
+                "mount",
+                [
+                    OsStr::new("-t"),
+                    OsStr::new("tmpfs"),
+                    OsStr::new("-o"),
+                    OsStr::new("ro,size=4k,mode=0555"),
+                    OsStr::new(LOCKED_SOURCE),
+                    mount_point.as_os_str(),
+                ],
+            )?;
+        }
+        info!(
+            mount_point = %mount_point.display(),
+            "storage locked: the renter holds its key; waiting for `p2pvps-storage unlock`"
+        );
+        Ok(())
+    }
+
+    /// Make `<state_dir>/mnt` a mount of its own in a shared peer group (a bind mount of itself).
+    fn share_mounts_root(&self) -> Result<(), StorageError> {
+        let root = self.mounts_root();
+        if self.mounted_at(&root)?.is_none() {
+            run(
+                "mount",
+                [OsStr::new("--bind"), root.as_os_str(), root.as_os_str()],
+            )?;
+        }
+        run("mount", [OsStr::new("--make-shared"), root.as_os_str()])?;
+        Ok(())
+    }
+
+    /// Whether mounts under `<state_dir>/mnt` propagate to the container's bind mounts.
+    pub fn mounts_propagate(&self) -> bool {
+        let root = self.mounts_root();
+        self.mounted_at(&root)
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.shared)
+    }
+
+    /// Unmount whatever is stacked at volume `id`'s mount point (the placeholder included) and the
+    /// governor's mounts of this disk.
+    fn unmount_volume(&self, info: &DiskInfo, id: &str) -> Result<(), StorageError> {
+        self.unmount_ours(info)?;
+        let mount_point = self.mount_point(id);
+        while self.mounted_at(&mount_point)?.is_some() {
+            umount(&mount_point)?;
+        }
+        Ok(())
     }
 
     fn wipe_blocking(
@@ -249,14 +433,18 @@ impl UsbStorage {
         discard: bool,
         stop_after: Option<u64>,
     ) -> Result<(), StorageError> {
+        check_id(id)?;
         let info = self.disk_info()?;
-        self.unmount_ours(&info)?;
+        self.unmount_volume(&info, id)?;
         let mount_point = self.mount_point(id);
         match std::fs::remove_dir(&mount_point) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 warn!(path = %mount_point.display(), error = %e, "could not remove the mount point");
             }
             _ => {}
+        }
+        if self.encrypt && stop_after.is_none() {
+            return self.crypto_erase(&info, id, cancel);
         }
         info!(
             disk = %self.disk.display(),
@@ -300,6 +488,53 @@ impl UsbStorage {
         Ok(())
     }
 
+    /// The encrypted volume's wipe. Each step can be repeated after a crash: the header goes first
+    /// (after which the data is noise), the device key last.
+    fn crypto_erase(
+        &self,
+        info: &DiskInfo,
+        id: &str,
+        cancel: &AtomicBool,
+    ) -> Result<(), StorageError> {
+        let started = Instant::now();
+        info!(disk = %self.disk.display(), "wiping: crypto-erase (close, destroy the LUKS2 keyslots and header)");
+        Self::close(id)?;
+        let mut span = ERASE_SPAN;
+        if let Some(part) = partition(info)
+            && let Some(header) = luks::erase(&part.node)?
+        {
+            span = span.max(part.start * 512 + header);
+        }
+        let span = span.min(info.size - MIB);
+        {
+            let file = open_direct(&self.disk, true).map_err(self.io("open for writing"))?;
+            zero_range(&file, &self.disk, 0, span, cancel, None, None)?;
+            zero_range(
+                &file,
+                &self.disk,
+                info.size - MIB,
+                info.size,
+                cancel,
+                None,
+                None,
+            )?;
+            file.sync_data().map_err(self.io("sync"))?;
+        }
+        // Nothing is lost if the drive cannot discard: what is left is ciphertext without a key.
+        self.discard(info);
+        if let Err(e) = self.sync_partitions(info, None) {
+            warn!(error = %e, "the kernel still lists the old partition; it is gone from the disk");
+        }
+        self.keys.delete(id)?;
+        info!(
+            disk = %self.disk.display(),
+            millis = started.elapsed().as_millis(),
+            "storage wiped: LUKS2 header and keyslots destroyed ({} overwritten), device key deleted",
+            human_size(span)
+        );
+        Ok(())
+    }
+
     fn verify_blocking(&self, id: &str) -> Result<(), StorageError> {
         let mount_point = self.mount_point(id);
         if self.mounted_at(&mount_point)?.is_some() {
@@ -311,6 +546,9 @@ impl UsbStorage {
         let info = self.disk_info()?;
         let file = open_direct(&self.disk, false).map_err(self.io("open for reading"))?;
         let mut buf = Aligned::zeroed(usize::try_from(MIB).expect("1 MiB fits"));
+        if self.encrypt {
+            return self.verify_erased(&file, &info, &mut buf, id);
+        }
         self.check_zero(&file, &info, &mut buf, 0, MIB)?;
         self.check_zero(&file, &info, &mut buf, info.size - MIB, MIB)?;
         let blocks = info.size / SAMPLE;
@@ -333,6 +571,58 @@ impl UsbStorage {
             "wipe verified: first and last MiB and {} sampled blocks are zero",
             2 * SAMPLES
         );
+        Ok(())
+    }
+
+    /// The crypto-erase's check: the volume is closed, its key deleted, and the first
+    /// [`ERASE_SPAN`] (partition table, LUKS2 header and keyslots) and the last MiB read back as
+    /// zeros from the device itself.
+    fn verify_erased(
+        &self,
+        file: &File,
+        info: &DiskInfo,
+        buf: &mut Aligned,
+        id: &str,
+    ) -> Result<(), StorageError> {
+        let residue = |detail: String| StorageError::Residue {
+            path: self.disk.clone(),
+            detail,
+        };
+        if luks::is_active(&Self::mapper_name(id)) {
+            return Err(residue(format!(
+                "/dev/mapper/{} is still open",
+                Self::mapper_name(id)
+            )));
+        }
+        if self.keys.load(id)?.is_some() {
+            return Err(residue(format!(
+                "the device key {} still exists",
+                self.keys.path(id).display()
+            )));
+        }
+        let span = ERASE_SPAN.min(info.size - MIB);
+        let mut offset = 0;
+        while offset < span {
+            let len = MIB.min(span - offset);
+            self.check_zero(file, info, buf, offset, len)
+                .map_err(|e| match e {
+                    StorageError::Residue { path, detail }
+                        if buf
+                            .as_slice()
+                            .windows(6)
+                            .any(|w| w == LUKS_MAGIC || w == LUKS_MAGIC2) =>
+                    {
+                        StorageError::Residue {
+                            path,
+                            detail: format!("a LUKS header survived ({detail})"),
+                        }
+                    }
+                    other => other,
+                })?;
+            offset += len;
+        }
+        self.check_zero(file, info, buf, info.size - MIB, MIB)?;
+        debug!(disk = %self.disk.display(), "crypto-erase verified: header area and last MiB are zero, key gone");
         Ok(())
     }
 
@@ -415,32 +705,26 @@ impl UsbStorage {
             ours.push(m.target.clone());
         }
         for mount_point in ours.iter().rev() {
-            // "target is busy" for a moment when another thread's child has just inherited a
-            // descriptor of a file on it (see `open_exclusive`); a real user outlasts the retries.
-            let mut tries = 0;
-            while let Err(e) = run("umount", [mount_point.as_os_str()]) {
-                if tries >= BUSY_TRIES || !e.to_string().contains("busy") {
-                    return Err(e);
-                }
-                tries += 1;
-                std::thread::sleep(BUSY_PAUSE);
-            }
-            info!(mount_point = %mount_point.display(), "storage unmounted");
+            umount(mount_point)?;
         }
         Ok(())
     }
 
-    fn mount(&self, part: &Part, mount_point: &Path) -> Result<(), StorageError> {
+    fn ensure_mount_point(&self, mount_point: &Path) -> Result<(), StorageError> {
         let root = self.state_dir.join("mnt");
         std::fs::create_dir_all(&root).map_err(io(&root, "create"))?;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
             .map_err(io(&root, "chmod"))?;
         match std::fs::create_dir(mount_point) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(io(mount_point, "create")(e));
+                Err(io(mount_point, "create")(e))
             }
-            _ => {}
+            _ => Ok(()),
         }
+    }
+
+    fn mount(&self, node: &Path, mount_point: &Path) -> Result<(), StorageError> {
+        self.ensure_mount_point(mount_point)?;
         run(
             "mount",
             [
@@ -448,7 +732,7 @@ impl UsbStorage {
                 OsStr::new("ext4"),
                 OsStr::new("-o"),
                 OsStr::new("noatime"),
-                part.node.as_os_str(),
+                node.as_os_str(),
                 mount_point.as_os_str(),
             ],
         )?;
@@ -703,10 +987,129 @@ impl Storage for UsbStorage {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "USB drive {} (plain ext4, not encrypted)",
-            self.disk.display()
+        if self.encrypt {
+            format!("USB drive {} (LUKS2, ext4)", self.disk.display())
+        } else {
+            format!(
+                "USB drive {} (plain ext4, not encrypted)",
+                self.disk.display()
+            )
+        }
+    }
+
+    fn mounts_propagate(&self) -> bool {
+        UsbStorage::mounts_propagate(self)
+    }
+}
+
+impl VolumeKeys for UsbStorage {
+    fn key_status(&self, id: &str) -> Result<KeyStatus, StorageError> {
+        if !self.encrypt {
+            return Ok(KeyStatus {
+                encrypted: false,
+                holder: KeyHolder::None,
+                locked: false,
+            });
+        }
+        check_id(id)?;
+        let holder = if self.keys.load(id)?.is_some() {
+            KeyHolder::Device
+        } else {
+            KeyHolder::Renter
+        };
+        Ok(KeyStatus {
+            encrypted: true,
+            holder,
+            locked: !luks::is_active(&Self::mapper_name(id)),
+        })
+    }
+
+    fn set_passphrase(
+        &self,
+        id: &str,
+        passphrase: &Secret,
+        old: Option<&Secret>,
+    ) -> Result<(), StorageError> {
+        if !self.encrypt {
+            return Err(StorageError::Refused(
+                "this device's storage is not encrypted (encryptStorage is false, or its kernel                  has no dm-crypt): there is no key to hold"
+                    .into(),
+            ));
+        }
+        check_id(id)?;
+        let info = self.disk_info()?;
+        let part = self.our_partition(&info, id)?;
+        let device_key = self.keys.load(id)?;
+        let existing: &[u8] = match (old, &device_key) {
+            (Some(old), _) => old.expose().as_bytes(),
+            (None, Some(key)) => key,
+            (None, None) => {
+                return Err(StorageError::Refused(
+                    "a passphrase is already set: give the current one to change it".into(),
+                ));
+            }
+        };
+        luks::set_renter_passphrase(
+            &part.node,
+            existing,
+            passphrase.expose().as_bytes(),
+            self.kdf,
         )
+        .map_err(|e| {
+            if e.is_wrong_key() {
+                StorageError::Refused("the current passphrase is wrong".into())
+            } else {
+                e.into()
+            }
+        })?;
+        // Only once the new passphrase is proven to open the volume does the device let go.
+        let slot = luks::check_key(&part.node, passphrase.expose().as_bytes())?;
+        if slot != luks::RENTER_SLOT {
+            return Err(self.device_err(format!(
+                "the new passphrase opened keyslot {slot}, not {}",
+                luks::RENTER_SLOT
+            )));
+        }
+        luks::destroy_slot(&part.node, luks::DEVICE_SLOT)?;
+        self.keys.delete(id)?;
+        info!(
+            volume = id,
+            "the renter now holds the storage key; the device key is destroyed"
+        );
+        Ok(())
+    }
+
+    fn unlock(&self, id: &str, passphrase: &Secret) -> Result<PathBuf, StorageError> {
+        if !self.encrypt {
+            return Err(StorageError::Refused(
+                "this device's storage is not encrypted: nothing to unlock".into(),
+            ));
+        }
+        check_id(id)?;
+        if luks::is_active(&Self::mapper_name(id)) {
+            return Err(StorageError::Refused(
+                "the storage is already unlocked".into(),
+            ));
+        }
+        let info = self.disk_info()?;
+        let part = self.our_partition(&info, id)?;
+        luks::activate(
+            &part.node,
+            &Self::mapper_name(id),
+            passphrase.expose().as_bytes(),
+        )
+        .map_err(|e| {
+            if e.is_wrong_key() {
+                StorageError::Refused("wrong passphrase".into())
+            } else {
+                e.into()
+            }
+        })?;
+        let node = self.wait_mapper(id)?;
+        let mount_point = self.mount_point(id);
+        self.mount(&node, &mount_point)?;
+        info!(mount_point = %mount_point.display(), "storage unlocked by the renter");
+        Ok(mount_point)
     }
 }
 
@@ -938,6 +1341,43 @@ where
             ),
         })
     }
+}
+
+/// Unmount `mount_point`. "target is busy" lasts a moment when another thread's child has just
+/// inherited a descriptor of a file on it (see `open_exclusive`); a real user outlasts the retries.
+fn umount(mount_point: &Path) -> Result<(), StorageError> {
+    let mut tries = 0;
+    while let Err(e) = run("umount", [mount_point.as_os_str()]) {
+        if tries >= BUSY_TRIES || !e.to_string().contains("busy") {
+            return Err(e);
+        }
+        tries += 1;
+        std::thread::sleep(BUSY_PAUSE);
+    }
+    info!(mount_point = %mount_point.display(), "storage unmounted");
+    Ok(())
+}
+
+/// The `major:minor` of a block device node.
+fn device_number(node: &Path) -> Result<(u32, u32), StorageError> {
+    let meta = std::fs::metadata(node).map_err(io(node, "stat"))?;
+    Ok(discover::split_dev(meta.rdev()))
+}
+
+/// Volume ids become file and device-mapper names: letters, digits, `-` and `_` only.
+fn check_id(id: &str) -> Result<(), StorageError> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(StorageError::Device {
+            path: PathBuf::from(id),
+            detail: "not a valid volume id".into(),
+        });
+    }
+    Ok(())
 }
 
 fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> StorageError + use<> {
