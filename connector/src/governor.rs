@@ -60,7 +60,7 @@ pub enum GovernorError {
 }
 
 /// One request, one answer line.
-async fn ask(path: &Path, request: &Value) -> Result<Value, GovernorError> {
+pub async fn ask(path: &Path, request: &Value) -> Result<Value, GovernorError> {
     let io = |source| GovernorError::Io {
         path: path.to_owned(),
         source,

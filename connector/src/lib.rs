@@ -9,6 +9,7 @@ pub mod session;
 pub mod settings;
 pub mod shutdown;
 pub mod state;
+pub mod storage_cli;
 pub mod tunnel;
 
 pub use settings::TunnelSettings;

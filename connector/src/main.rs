@@ -1,12 +1,14 @@
 //! The `p2pvps-connector` command: reads the tunnel settings, keeps the tunnel up until SIGTERM or
-//! SIGINT, and maps errors to exit codes.
+//! SIGINT, and maps errors to exit codes. Called as `p2pvps-storage` (a link to it in the renter
+//! image), it is the renter's storage key tool.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use p2pvps_connector::serve::{ServeOptions, serve};
 use p2pvps_connector::settings::TunnelSettings;
+use p2pvps_connector::storage_cli::{self, StorageArgs};
 use p2pvps_connector::{EXIT_CONFIG, governor, logging, shutdown, tunnel};
 use tracing::{error, info};
 
@@ -36,12 +38,47 @@ enum Command {
         #[arg(long, default_value = "/usr/sbin/sshd")]
         sshd: PathBuf,
     },
+    /// The renter's storage key (installed as `p2pvps-storage` too).
+    Storage(StorageArgs),
+}
+
+/// `p2pvps-storage ARGS`, the renter's name for `p2pvps-connector storage ARGS`.
+#[derive(Parser)]
+#[command(
+    name = "p2pvps-storage",
+    version,
+    about = "Your storage's encryption key: status, set-passphrase, unlock (run with sudo)"
+)]
+struct StorageCli {
+    #[command(flatten)]
+    args: StorageArgs,
+}
+
+async fn storage(args: StorageArgs) -> ExitCode {
+    match storage_cli::run(args).await {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("p2pvps-storage: {e}");
+            if e.to_string().contains("Permission denied") {
+                eprintln!("p2pvps-storage: run it as root: sudo p2pvps-storage …");
+            }
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if Path::new(&argv0).file_name() == Some("p2pvps-storage".as_ref()) {
+        return storage(StorageCli::parse().args).await;
+    }
     logging::init();
     match Cli::parse().command {
+        Command::Storage(args) => storage(args).await,
         Command::Tunnel { settings } => {
             let settings = match TunnelSettings::load(&settings) {
                 Ok(s) => s,

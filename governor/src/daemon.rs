@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -16,6 +17,7 @@ use crate::socket::{self, Hub, SocketError, TunnelEndpoint};
 use crate::state::Phase;
 use crate::state::StateStore;
 use crate::storage::discover::{self, DiscoverError, HostPaths};
+use crate::storage::luks::PassphraseKdf;
 use crate::storage::{DirStorage, Storage, UsbStorage};
 use p2pvps_common::Backoff;
 
@@ -97,13 +99,8 @@ async fn run_with_led(
     if let Some(disk) = &drive {
         info!(disk = %disk.path.display(), reason = %disk.reason, "storage drive");
         specs.disk_space = format!("{} GB", disk.size_bytes / 1_000_000_000);
-        if config.encrypt_storage {
-            warn!(
-                "encryptStorage is on, but this build cannot encrypt yet: the drive is plain ext4, readable by \
-                 whoever unplugs it, and is zeroed at each wipe"
-            );
-        }
     }
+    let encrypt = drive.is_some() && config.encrypt_storage && dm_crypt_available();
     info!(?specs, "measured this device");
     let mut settings = Settings::new(config.device_id.clone(), specs, limits);
     settings.heartbeat = Duration::from_secs(config.heartbeat_seconds);
@@ -120,7 +117,18 @@ async fn run_with_led(
     });
     let socket_dir = socket::host_dir(&opts.state_dir);
     settings.socket_dir = Some(socket_dir.clone());
-    let hub = Hub::new(&opts.state_dir);
+    let usb = drive.map(|disk| {
+        let storage = UsbStorage::new(disk.path, &opts.state_dir);
+        Arc::new(if encrypt {
+            storage.encrypted(PassphraseKdf::default())
+        } else {
+            storage
+        })
+    });
+    let mut hub = Hub::new(&opts.state_dir);
+    if let Some(usb) = &usb {
+        hub = hub.with_keys(usb.clone());
+    }
     let _socket = socket::serve(&socket_dir, hub.clone())?;
     let market = Marketplace::new(&config.server_url, config.device_id.clone())?;
     let runtime = tokio::select! {
@@ -129,8 +137,7 @@ async fn run_with_led(
     };
     let store = StateStore::new(&opts.state_dir);
     // One lifecycle type per storage backend.
-    if let Some(disk) = drive {
-        let storage = UsbStorage::new(disk.path, &opts.state_dir);
+    if let Some(storage) = usb {
         let lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings);
         drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led).await
     } else {
@@ -214,6 +221,33 @@ async fn connect_docker() -> DockerRuntime {
                 tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+/// Whether the kernel can map encrypted volumes: dm-crypt loaded, or loaded now. Without it the
+/// drive is used unencrypted, with a warning that says what that costs.
+fn dm_crypt_available() -> bool {
+    let loaded = || Path::new("/sys/module/dm_crypt").exists();
+    if !loaded() {
+        match std::process::Command::new("modprobe")
+            .args(["--quiet", "dm_crypt"])
+            .status()
+        {
+            Ok(s) if s.success() => {}
+            Ok(s) => warn!(status = %s, "modprobe dm_crypt failed"),
+            Err(e) => warn!(error = %e, "cannot run modprobe"),
+        }
+    }
+    if loaded() {
+        info!("storage encryption: LUKS2 (dm-crypt)");
+        true
+    } else {
+        warn!(
+            "encryptStorage is on, but this kernel has no dm-crypt: the drive is plain ext4, \
+             readable by whoever unplugs it during a rental; renters cannot hold their own key; \
+             and each wipe is a full overwrite instead of a crypto-erase"
+        );
+        false
     }
 }
 

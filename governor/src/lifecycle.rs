@@ -218,6 +218,8 @@ where
             _ => None,
         };
         self.hub.set_tunnel(tunnel);
+        let live = matches!(state.phase, Phase::Provisioning | Phase::Serving);
+        self.hub.set_volume(live.then(|| state.volume.clone()));
         match state.phase {
             Phase::PreparingStorage => self.prepare_storage(state).await,
             Phase::Registering => self.register(state).await,
@@ -308,6 +310,7 @@ where
             cmd: s.cmd.clone(),
             device: s.device.to_string(),
             storage,
+            storage_propagation: self.storage.mounts_propagate(),
             socket_dir: s.socket_dir.clone(),
             network: s.network.clone(),
             limits: s.limits,

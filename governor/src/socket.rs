@@ -1,10 +1,14 @@
 //! The governor's Unix socket, mounted into the renter's container at `/run/p2pvps`: the connector
-//! fetches its tunnel settings here and reports the tunnel's state. Later renter requests (storage
-//! passphrase, expiry notices) reuse it.
+//! fetches its tunnel settings here and reports the tunnel's state; the renter's `p2pvps-storage`
+//! asks for the storage key's state, sets a passphrase and unlocks.
 //!
 //! Protocol: one JSON object per line each way. Requests: `{"op": "tunnel-settings"}` ->
 //! `{"ok": true, "settings": {…}}`; `{"op": "tunnel-state", "state": {"state": "up"|…, …}}` ->
-//! `{"ok": true}`; `{"op": "sessions", "count": N}` (renter SSH sessions open) -> `{"ok": true}`.
+//! `{"ok": true}`; `{"op": "sessions", "count": N}` (renter SSH sessions open) -> `{"ok": true}`;
+//! `{"op": "storage-status"}` -> `{"ok": true, "storage": {"encrypted", "holder", "locked"}}`;
+//! `{"op": "storage-set-passphrase", "passphrase": "…", "old": "…"?}` and
+//! `{"op": "storage-unlock", "passphrase": "…"}` -> `{"ok": true}`. The passphrase crosses the
+//! socket once, is held in memory for the key derivation, and is never logged or stored.
 //! Failures answer `{"ok": false, "error": "…"}`. Everything that comes in is
 //! untrusted (the renter is root in the container): lines are capped and checked.
 
@@ -19,6 +23,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::storage::VolumeKeys;
 use crate::types::Secret;
 
 /// The socket's file name inside the shared directory.
@@ -93,11 +98,23 @@ pub struct TunnelReport {
 }
 
 /// Shared between the lifecycle (which sets the settings) and the socket's connections.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Hub {
     inner: Arc<Mutex<HubInner>>,
     /// Renter sessions open now, for the LED.
     sessions: Arc<watch::Sender<u32>>,
+    /// The storage's key control, where the storage has keys; one request at a time.
+    keys: Option<Arc<dyn VolumeKeys>>,
+    key_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("inner", &self.inner)
+            .field("keys", &self.keys.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Hub {
@@ -105,6 +122,8 @@ impl Default for Hub {
         Self {
             inner: Arc::default(),
             sessions: Arc::new(watch::Sender::new(0)),
+            keys: None,
+            key_lock: Arc::default(),
         }
     }
 }
@@ -115,6 +134,8 @@ struct HubInner {
     report: Option<TunnelReport>,
     /// Where reports are saved for `status`; none in tests without a state dir.
     report_file: Option<PathBuf>,
+    /// The storage volume of the rental in force.
+    volume: Option<String>,
 }
 
 impl Hub {
@@ -123,6 +144,18 @@ impl Hub {
         let hub = Self::default();
         hub.inner.lock().unwrap().report_file = Some(state_dir.join(TUNNEL_FILE));
         hub
+    }
+
+    /// Answer the renter's storage key requests with `keys`.
+    #[must_use]
+    pub fn with_keys(mut self, keys: Arc<dyn VolumeKeys>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// The volume the renter's key requests apply to; None between rentals.
+    pub fn set_volume(&self, volume: Option<String>) {
+        self.inner.lock().unwrap().volume = volume;
     }
 
     /// The settings handed to the connector; None between rentals.
@@ -152,10 +185,63 @@ impl Hub {
         self.inner.lock().unwrap().report.clone()
     }
 
-    fn handle(&self, line: &str) -> Value {
+    async fn respond(&self, line: &str) -> Value {
         let Ok(req) = serde_json::from_str::<Value>(line) else {
             return json!({"ok": false, "error": "not a JSON object"});
         };
+        match req.get("op").and_then(Value::as_str) {
+            Some(op @ ("storage-status" | "storage-set-passphrase" | "storage-unlock")) => {
+                let op = op.to_owned();
+                self.storage_request(&op, &req).await
+            }
+            _ => self.handle(&req),
+        }
+    }
+
+    async fn storage_request(&self, op: &str, req: &Value) -> Value {
+        let Some(keys) = self.keys.clone() else {
+            return json!({"ok": false, "error": "this device's storage has no key to manage (storageDevice is none)"});
+        };
+        let Some(volume) = self.inner.lock().unwrap().volume.clone() else {
+            return json!({"ok": false, "error": "no rental in force"});
+        };
+        let secret = |field: &str| -> Result<Option<Secret>, String> {
+            match req.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => {
+                    Secret::passphrase(s).map(Some).map_err(|e| e.to_string())
+                }
+                Some(_) => Err(format!("{field} must be a string")),
+            }
+        };
+        let (passphrase, old) = match (secret("passphrase"), secret("old")) {
+            (Ok(p), Ok(o)) => (p, o),
+            (Err(e), _) | (_, Err(e)) => return json!({"ok": false, "error": e}),
+        };
+        let op = op.to_owned();
+        let _one_at_a_time = self.key_lock.lock().await;
+        let answer = tokio::task::spawn_blocking(move || match (op.as_str(), passphrase) {
+            ("storage-status", _) => keys
+                .key_status(&volume)
+                .map(|s| json!({"ok": true, "storage": s})),
+            ("storage-set-passphrase", Some(p)) => keys
+                .set_passphrase(&volume, &p, old.as_ref())
+                .map(|()| json!({"ok": true})),
+            ("storage-unlock", Some(p)) => keys.unlock(&volume, &p).map(|_| json!({"ok": true})),
+            _ => Ok(json!({"ok": false, "error": "missing \"passphrase\""})),
+        })
+        .await;
+        match answer {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                warn!(error = %e, "renter storage request failed");
+                json!({"ok": false, "error": e.to_string()})
+            }
+            Err(e) => json!({"ok": false, "error": format!("internal error: {e}")}),
+        }
+    }
+
+    fn handle(&self, req: &Value) -> Value {
         match req.get("op").and_then(Value::as_str) {
             Some("tunnel-settings") => match &self.inner.lock().unwrap().tunnel {
                 Some(t) => json!({"ok": true, "settings": t.to_wire()}),
@@ -310,7 +396,7 @@ async fn connection(stream: UnixStream, hub: Hub) {
             Ok(_) => {}
         }
         let text = String::from_utf8_lossy(&line);
-        let mut answer = hub.handle(text.trim_end()).to_string();
+        let mut answer = hub.respond(text.trim_end()).await.to_string();
         answer.push('\n');
         if write.write_all(answer.as_bytes()).await.is_err() {
             return;
@@ -321,6 +407,7 @@ async fn connection(stream: UnixStream, hub: Hub) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::StorageError;
 
     async fn ask(path: &Path, line: &str) -> Value {
         let mut s = UnixStream::connect(path).await.unwrap();
@@ -406,6 +493,115 @@ mod tests {
         assert!(hub.tunnel_report().is_none());
         assert_eq!(*sessions.borrow_and_update(), 0);
         assert!(!tmp.path().join(TUNNEL_FILE).exists());
+    }
+
+    /// Records what reaches the storage; a passphrase "wrong…" is refused.
+    #[derive(Default)]
+    struct FakeKeys {
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl VolumeKeys for FakeKeys {
+        fn key_status(&self, id: &str) -> Result<crate::storage::KeyStatus, StorageError> {
+            self.calls.lock().unwrap().push(format!("status {id}"));
+            Ok(crate::storage::KeyStatus {
+                encrypted: true,
+                holder: crate::storage::KeyHolder::Device,
+                locked: false,
+            })
+        }
+
+        fn set_passphrase(
+            &self,
+            id: &str,
+            passphrase: &Secret,
+            old: Option<&Secret>,
+        ) -> Result<(), StorageError> {
+            self.calls.lock().unwrap().push(format!(
+                "set {id} {} {:?}",
+                passphrase.expose(),
+                old.map(Secret::expose)
+            ));
+            Ok(())
+        }
+
+        fn unlock(&self, id: &str, passphrase: &Secret) -> Result<PathBuf, StorageError> {
+            if passphrase.expose().starts_with("wrong") {
+                return Err(StorageError::Refused("wrong passphrase".into()));
+            }
+            self.calls.lock().unwrap().push(format!("unlock {id}"));
+            Ok(PathBuf::from("/mnt"))
+        }
+    }
+
+    #[tokio::test]
+    async fn storage_key_requests_reach_the_live_volume_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let keys = Arc::new(FakeKeys::default());
+        let hub = Hub::new(tmp.path()).with_keys(keys.clone());
+        let dir = host_dir(tmp.path());
+        let _task = serve(&dir, hub.clone()).unwrap();
+        let sock = dir.join(SOCKET_NAME);
+
+        let a = ask(&sock, r#"{"op": "storage-status"}"#).await;
+        assert_eq!(a, json!({"ok": false, "error": "no rental in force"}));
+        hub.set_volume(Some("vol1".into()));
+        let a = ask(&sock, r#"{"op": "storage-status"}"#).await;
+        assert_eq!(
+            a,
+            json!({"ok": true, "storage": {"encrypted": true, "holder": "device", "locked": false}})
+        );
+        let a = ask(
+            &sock,
+            r#"{"op": "storage-set-passphrase", "passphrase": "long enough"}"#,
+        )
+        .await;
+        assert_eq!(a, json!({"ok": true}));
+        let a = ask(
+            &sock,
+            r#"{"op": "storage-unlock", "passphrase": "wrong one"}"#,
+        )
+        .await;
+        assert_eq!(a, json!({"ok": false, "error": "wrong passphrase"}));
+        for (bad, want) in [
+            (r#"{"op": "storage-unlock"}"#, "missing \"passphrase\""),
+            (
+                r#"{"op": "storage-unlock", "passphrase": "short"}"#,
+                "passphrase must be 8-512 characters",
+            ),
+            (
+                r#"{"op": "storage-unlock", "passphrase": 12345678}"#,
+                "passphrase must be a string",
+            ),
+            (
+                r#"{"op": "storage-set-passphrase", "passphrase": "long enough", "old": "aaaa\nbbbb"}"#,
+                "control character",
+            ),
+        ] {
+            let a = ask(&sock, bad).await;
+            assert_eq!(a["ok"], false, "{bad}");
+            assert!(a["error"].as_str().unwrap().contains(want), "{bad}: {a}");
+        }
+        assert_eq!(
+            *keys.calls.lock().unwrap(),
+            ["status vol1", "set vol1 long enough None"]
+        );
+        hub.set_volume(None);
+        let a = ask(
+            &sock,
+            r#"{"op": "storage-unlock", "passphrase": "long enough"}"#,
+        )
+        .await;
+        assert_eq!(a["error"], "no rental in force");
+
+        // Without a key-managing storage (the directory backend) the requests say so.
+        let plain = Hub::new(tmp.path());
+        plain.set_volume(Some("vol1".into()));
+        let a = plain.respond(r#"{"op": "storage-status"}"#).await;
+        assert!(
+            a["error"].as_str().unwrap().contains("no key to manage"),
+            "{a}"
+        );
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ fn spec(name: &str, device: &str, storage: &std::path::Path) -> ContainerSpec {
         cmd: vec!["sleep".into(), "infinity".into()],
         device: device.into(),
         storage: storage.into(),
+        storage_propagation: false,
         socket_dir: None,
         network: "none".into(),
         limits: Limits {
@@ -175,4 +176,78 @@ async fn an_absent_image_is_imported_from_a_tarball() {
     let (ok, _, err) = docker(&["image", "inspect", &tag]);
     let _ = docker(&["rmi", &tag]);
     assert!(ok, "imported image not found: {err}");
+}
+
+/// Runs `mount ARGS`, panicking with its stderr.
+fn mount(args: &[&str]) {
+    let out = std::process::Command::new("mount")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Undoes the mounts of the propagation test even when it fails.
+struct Unmount(Vec<std::path::PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = std::process::Command::new("umount")
+                .arg("-R")
+                .arg(p)
+                .status();
+        }
+    }
+}
+
+/// A locked volume: the container starts on the read-only placeholder (the login is still made),
+/// and the volume mounted over it later (the renter's unlock) reaches the running container.
+#[tokio::test]
+async fn a_volume_mounted_after_the_start_reaches_the_container() {
+    let rt = DockerRuntime::connect().await.unwrap();
+    let (device, name, state, _cleanup) = names();
+    let root = state.path().join("mnt");
+    let point = root.join("vol");
+    std::fs::create_dir_all(&point).unwrap();
+    let root_s = root.to_str().unwrap();
+    let point_s = point.to_str().unwrap();
+    let _unmount = Unmount(vec![root.clone()]);
+    mount(&["--bind", root_s, root_s]);
+    mount(&["--make-shared", root_s]);
+    mount(&[
+        "-t",
+        "tmpfs",
+        "-o",
+        "ro,size=4k,mode=0555",
+        "p2pvps-locked",
+        point_s,
+    ]);
+
+    let mut s = spec(&name, &device, &point);
+    s.storage_propagation = true;
+    let id = rt.create(&s).await.unwrap();
+    assert!(inspect(&name, "{{json .Mounts}}").contains("\"Propagation\":\"rslave\""));
+    let user = Username::parse("renter1").unwrap();
+    let hash = PasswordHash::of(&Secret::password("Xy7pQ2mN0a").unwrap());
+    rt.add_login(&id, &user, &hash)
+        .await
+        .expect("the login is made on a locked volume too");
+    let (ok, _, err) = docker(&["exec", &name, "touch", "/media/storage/leak"]);
+    assert!(
+        !ok && err.contains("Read-only"),
+        "the placeholder took a write: {err}"
+    );
+
+    // The "unlock": a filesystem mounted over the placeholder on the host.
+    mount(&["-t", "tmpfs", "-o", "size=1m", "unlocked", point_s]);
+    std::fs::write(point.join("hello"), "from the volume\n").unwrap();
+    let (ok, out, err) = docker(&["exec", &name, "cat", "/media/storage/hello"]);
+    assert!(ok, "the unlocked volume did not reach the container: {err}");
+    assert_eq!(out, "from the volume");
+    rt.remove(&id, Duration::from_secs(3)).await.unwrap();
 }

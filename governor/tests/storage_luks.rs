@@ -60,7 +60,10 @@ fn the_renters_passphrase_takes_over_and_changes() {
         vec![DEVICE_SLOT, RENTER_SLOT]
     );
     let d = dump(&disk.dev).unwrap();
-    assert!(d.contains("argon2id"), "the passphrase slot is argon2id: {d}");
+    assert!(
+        d.contains("argon2id"),
+        "the passphrase slot is argon2id: {d}"
+    );
     luks::destroy_slot(&disk.dev, DEVICE_SLOT).unwrap();
     assert!(luks::check_key(&disk.dev, &key).unwrap_err().is_wrong_key());
     assert_eq!(
@@ -93,7 +96,7 @@ fn the_renters_passphrase_takes_over_and_changes() {
 
 #[test]
 fn erase_destroys_every_keyslot_and_says_how_much_header_to_overwrite() {
-    let (disk, _dir) = disk();
+    let (disk, dir) = disk();
     let key = [3u8; 64];
     luks::format(&disk.dev, &key).unwrap();
     luks::set_renter_passphrase(&disk.dev, &key, b"a passphrase", PassphraseKdf::Fast).unwrap();
@@ -109,7 +112,7 @@ fn erase_destroys_every_keyslot_and_says_how_much_header_to_overwrite() {
     );
     assert!(luks::has_header(&disk.dev));
     // Nothing to erase on a blank device.
-    let blank = Loop::new(&_dir.path().join("blank.img"), 20);
+    let blank = Loop::new(&dir.path().join("blank.img"), 20);
     assert_eq!(luks::erase(&blank.dev).unwrap(), None);
     assert!(!luks::has_header(&blank.dev));
 }

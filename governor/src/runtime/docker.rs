@@ -203,7 +203,16 @@ impl ContainerRuntime for DockerRuntime {
             ("max-size".to_owned(), "10m".to_owned()),
             ("max-file".to_owned(), "2".to_owned()),
         ]);
-        let mut binds = vec![format!("{}:{STORAGE_MOUNT}", spec.storage.display())];
+        // A slave of the host's mount: a volume the renter unlocks later still reaches the container.
+        let propagation = if spec.storage_propagation {
+            ":rslave"
+        } else {
+            ""
+        };
+        let mut binds = vec![format!(
+            "{}:{STORAGE_MOUNT}{propagation}",
+            spec.storage.display()
+        )];
         if let Some(dir) = &spec.socket_dir {
             binds.push(format!(
                 "{}:{}",
@@ -280,8 +289,18 @@ impl ContainerRuntime for DockerRuntime {
         self.exec(id, &["chpasswd", "--encrypted"], Some(line.as_bytes()))
             .await?;
         let owner = format!("{name}:{name}");
-        self.exec(id, &["chown", "--", &owner, STORAGE_MOUNT], None)
+        match self
+            .exec(id, &["chown", "--", &owner, STORAGE_MOUNT], None)
             .await
+        {
+            // A locked encrypted volume (the renter holds its key, after a reboot): the read-only
+            // placeholder. The volume's own root kept its owner from when it was made.
+            Err(RuntimeError::Exec { stderr, .. }) if stderr.contains("Read-only file system") => {
+                tracing::info!(container = id, "storage locked: its owner is set already");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     async fn state(&self, id: &str) -> Result<Option<bool>, RuntimeError> {

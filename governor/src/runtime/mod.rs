@@ -79,6 +79,9 @@ pub struct ContainerSpec {
     pub device: String,
     /// Host path bind-mounted at [`STORAGE_MOUNT`].
     pub storage: PathBuf,
+    /// Bind the storage as a mount-propagation slave (the host path is under a shared mount and a
+    /// volume may be mounted there after the container starts).
+    pub storage_propagation: bool,
     /// Host directory with the governor's socket, bind-mounted at `/run/p2pvps`.
     pub socket_dir: Option<PathBuf>,
     /// Docker network to attach to (`bridge`, the default, in production).

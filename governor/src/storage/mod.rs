@@ -68,6 +68,33 @@ pub trait Storage: Send + Sync {
     }
 }
 
+/// One storage shared by the lifecycle and the socket's key requests.
+impl<T: Storage> Storage for std::sync::Arc<T> {
+    fn prepare(&self, id: &str) -> impl Future<Output = Result<PathBuf, StorageError>> + Send {
+        (**self).prepare(id)
+    }
+
+    fn open(&self, id: &str) -> impl Future<Output = Result<PathBuf, StorageError>> + Send {
+        (**self).open(id)
+    }
+
+    fn wipe(&self, id: &str) -> impl Future<Output = Result<(), StorageError>> + Send {
+        (**self).wipe(id)
+    }
+
+    fn verify_wiped(&self, id: &str) -> impl Future<Output = Result<(), StorageError>> + Send {
+        (**self).verify_wiped(id)
+    }
+
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+
+    fn mounts_propagate(&self) -> bool {
+        (**self).mounts_propagate()
+    }
+}
+
 /// Who can open the volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
