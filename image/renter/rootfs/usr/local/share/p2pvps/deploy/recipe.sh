@@ -202,8 +202,11 @@ apt_install_manifest() {
 
 apt_get_install() {
     log "apt-get install $*"
+    # --force-unsafe-io: no fsync per file (npm alone is 373 packages); an interrupted install is
+    # simply run again.
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef "$@" >&2
+        -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef \
+        -o Dpkg::Options::=--force-unsafe-io "$@" >&2
 }
 
 # --- services (no systemd in the container: daemons run in the foreground under setsid) ---------------
@@ -348,4 +351,35 @@ owner_spec() {
     if [[ -n "${P2PVPS_OWNER:-}" ]]; then
         printf '%s:%s\n' "$P2PVPS_OWNER" "$(id -gn "$P2PVPS_OWNER")"
     fi
+}
+
+# --- passwords for nginx's basic auth ------------------------------------------------------------------
+
+valid_login() { [[ "$1" =~ ^[A-Za-z0-9._-]{1,32}$ ]]; }
+
+# Reads a password from stdin (first line), or asks twice on a terminal, and prints its SHA-512 crypt
+# hash (a line of an htpasswd file: glibc's crypt, which nginx's auth_basic_user_file uses, accepts
+# it). The password itself is never written anywhere; it goes to openssl through a pipe, not argv.
+read_password_hash() {
+    local pw="" again=""
+    if [[ -t 0 ]]; then
+        read -r -s -p "password: " pw
+        printf '\n' >&2
+        read -r -s -p "the same password again: " again
+        printf '\n' >&2
+        [[ "$pw" == "$again" ]] || die "the two passwords differ"
+    else
+        IFS= read -r pw || [[ -n "$pw" ]] || die "--password: no password on stdin"
+    fi
+    [[ ${#pw} -ge 8 ]] || die "the password must have at least 8 characters"
+    [[ "$pw" != *[[:cntrl:]]* ]] || die "the password may not contain control characters"
+    printf '%s\n' "$pw" | openssl passwd -6 -stdin
+}
+
+# Writes an htpasswd file with one login (mode 0640, group www-data: nginx's workers read it).
+# Usage: write_htpasswd FILE LOGIN HASH
+write_htpasswd() {
+    local file="$1" login="$2" hash="$3"
+    printf '%s:%s\n' "$login" "$hash" | replace_file "$file" 0640
+    chgrp www-data "$file"
 }
