@@ -1,12 +1,15 @@
 //! `p2pvps-governor status`: what the device is doing, read from the state file. Never a secret.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use chrono::{DateTime, Local, Utc};
 use serde::Serialize;
 
 use crate::socket::{TUNNEL_FILE, TunnelReport};
 use crate::state::{State, StateError, StateStore};
+use crate::storage::UsbStorage;
+use crate::storage::keys::KeyDir;
 
 /// The public view of the state.
 #[derive(Debug, Serialize)]
@@ -24,6 +27,9 @@ pub struct StatusView {
     pub last_heartbeat_error: Option<String>,
     /// The tunnel as the connector last reported it.
     pub tunnel: Option<TunnelReport>,
+    /// The encrypted volume's key: `device`, `renter` or `renter-locked`; None when not encrypted
+    /// (or no volume yet).
+    pub storage_key: Option<String>,
 }
 
 impl StatusView {
@@ -41,6 +47,7 @@ impl StatusView {
                 last_heartbeat: None,
                 last_heartbeat_error: None,
                 tunnel: None,
+                storage_key: None,
             };
         };
         Self {
@@ -55,6 +62,7 @@ impl StatusView {
             last_heartbeat: s.last_heartbeat.as_ref().map(|h| h.at),
             last_heartbeat_error: s.last_heartbeat.as_ref().and_then(|h| h.error.clone()),
             tunnel: None,
+            storage_key: None,
         }
     }
 
@@ -83,6 +91,14 @@ impl StatusView {
         }
         if let Some(v) = &self.storage_volume {
             line("storage volume", v);
+        }
+        if let Some(k) = &self.storage_key {
+            let text = match k.as_str() {
+                "device" => "encrypted; key held by this device",
+                "renter" => "encrypted; key held by the renter (open)",
+                _ => "encrypted; LOCKED until the renter runs `p2pvps-storage unlock`",
+            };
+            line("storage key", text);
         }
         if let Some(t) = &self.tunnel {
             let detail = t
@@ -137,12 +153,54 @@ pub fn load(store: &StateStore) -> Result<StatusView, StateError> {
     view.tunnel = std::fs::read(store.dir().join(TUNNEL_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(volume) = &view.storage_volume {
+        view.storage_key = storage_key(store.dir(), volume).map(str::to_owned);
+    }
     Ok(view)
+}
+
+/// Who holds the volume's key, from what the governor leaves: the device key file, the open LUKS2
+/// device, or the locked placeholder at the mount point.
+fn storage_key(state_dir: &std::path::Path, volume: &str) -> Option<&'static str> {
+    let keys = KeyDir::new(state_dir);
+    if keys.path(volume).exists() {
+        return Some("device");
+    }
+    if Path::new("/dev/mapper")
+        .join(UsbStorage::mapper_name(volume))
+        .exists()
+    {
+        return Some("renter");
+    }
+    let mount_point = state_dir.join("mnt").join(volume);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let locked = mounts.lines().any(|l| {
+        let mut fields = l.split(' ');
+        fields.nth(4).map(Path::new) == Some(mount_point.as_path())
+            && l.contains(" - tmpfs p2pvps-locked ")
+    });
+    locked.then_some("renter-locked")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_storage_key_holder_is_read_from_what_the_governor_leaves() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(storage_key(tmp.path(), "vol1"), None);
+        KeyDir::new(tmp.path()).create("vol1").unwrap();
+        assert_eq!(storage_key(tmp.path(), "vol1"), Some("device"));
+        let view = StatusView {
+            storage_key: Some("renter-locked".into()),
+            ..StatusView::from_state(None)
+        };
+        assert!(
+            view.render(Utc::now())
+                .contains("LOCKED until the renter runs")
+        );
+    }
 
     #[test]
     fn relative_times() {
