@@ -345,6 +345,16 @@ where
         // it picks up an expiration that changed while the governor was down.
         let mut delay = Duration::ZERO;
         let expiration = lease(state).expiration;
+        // After a restart (a reboot above all) the volume must be mounted again before the first
+        // heartbeat starts the stopped container: its bind would show the bare mount point.
+        let volume = state.volume.clone();
+        tokio::select! {
+            _ = self.retry("open storage", || self.storage.open(&volume)) => {}
+            () = self.clock.sleep_until(expiration) => {
+                info!("rental expired");
+                return self.enter(state, Phase::Expired);
+            }
+        }
         info!(%expiration, "serving");
         loop {
             let expiration = lease(state).expiration;

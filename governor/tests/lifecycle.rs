@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -14,7 +14,7 @@ use p2pvps_governor::runtime::fake::FakeContainer;
 use p2pvps_governor::runtime::{FakeRuntime, Limits};
 use p2pvps_governor::socket::{Hub, TunnelEndpoint};
 use p2pvps_governor::state::{Phase, State, StateStore};
-use p2pvps_governor::storage::DirStorage;
+use p2pvps_governor::storage::{DirStorage, Storage, StorageError};
 use p2pvps_governor::types::DeviceId;
 use tokio::sync::oneshot;
 
@@ -71,6 +71,15 @@ impl World {
     }
 
     fn build(&self, device: &str, f: impl FnOnce(&mut Settings)) -> Lc {
+        self.build_with(device, f, DirStorage::new(self.storage_root()))
+    }
+
+    fn build_with<S: Storage>(
+        &self,
+        device: &str,
+        f: impl FnOnce(&mut Settings),
+        storage: S,
+    ) -> Lifecycle<Arc<FakeMarketplace>, Arc<FakeRuntime>, S, TokioClock> {
         let specs = Specs {
             memory: "4000 MB".into(),
             disk_space: "58 GB".into(),
@@ -87,7 +96,7 @@ impl World {
         Lifecycle::new(
             self.market.clone(),
             self.runtime.clone(),
-            DirStorage::new(self.storage_root()),
+            storage,
             self.clock,
             StateStore::new(&self.state_dir),
             settings,
@@ -121,7 +130,11 @@ impl World {
     }
 
     /// Run `lc` while `driver` runs; stop it when the driver is done.
-    async fn drive(&self, lc: &Lc, driver: impl Future<Output = ()>) {
+    async fn drive<S: Storage>(
+        &self,
+        lc: &Lifecycle<Arc<FakeMarketplace>, Arc<FakeRuntime>, S, TokioClock>,
+        driver: impl Future<Output = ()>,
+    ) {
         let (tx, rx) = oneshot::channel::<()>();
         let run = lc.run(async {
             rx.await.ok();
@@ -404,6 +417,69 @@ async fn containers_the_state_does_not_own_are_removed_at_start() {
         "another device's container was touched"
     );
     assert_eq!(containers.len(), 2);
+}
+
+/// The directory backend, noting at each `open` whether a renter container was running then.
+struct Watched {
+    inner: DirStorage,
+    runtime: Arc<FakeRuntime>,
+    opens: Arc<Mutex<Vec<bool>>>,
+}
+
+impl Storage for Watched {
+    async fn prepare(&self, id: &str) -> Result<PathBuf, StorageError> {
+        self.inner.prepare(id).await
+    }
+
+    async fn open(&self, id: &str) -> Result<PathBuf, StorageError> {
+        let running = self.runtime.containers().values().any(|c| c.running);
+        self.opens.lock().unwrap().push(running);
+        self.inner.open(id).await
+    }
+
+    async fn wipe(&self, id: &str) -> Result<(), StorageError> {
+        self.inner.wipe(id).await
+    }
+
+    async fn verify_wiped(&self, id: &str) -> Result<(), StorageError> {
+        self.inner.verify_wiped(id).await
+    }
+
+    fn describe(&self) -> String {
+        "watched".into()
+    }
+}
+
+/// After a reboot the engine leaves the container stopped and the drive unmounted: the volume is
+/// opened (mounted) before the container is started again, or its bind would show the bare mount
+/// point and the renter's writes would land on the state partition.
+#[tokio::test(start_paused = true)]
+async fn after_a_reboot_the_storage_is_opened_before_the_container_starts() {
+    let w = World::new(24);
+    w.serve_then_stop().await;
+    let id = w.state().container.unwrap();
+    w.runtime.stop_behind_our_back(&id);
+    let opens = Arc::new(Mutex::new(Vec::new()));
+    let storage = Watched {
+        inner: DirStorage::new(w.storage_root()),
+        runtime: w.runtime.clone(),
+        opens: opens.clone(),
+    };
+    let lc = w.build_with(DEVICE, |_| {}, storage);
+    w.drive(&lc, async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    assert_eq!(
+        *opens.lock().unwrap(),
+        [false],
+        "opened once, container stopped"
+    );
+    assert!(
+        w.runtime.containers()[&id].running,
+        "the container was started again"
+    );
+    assert_eq!(w.state().phase, Phase::Serving);
 }
 
 #[tokio::test(start_paused = true)]

@@ -725,6 +725,12 @@ impl UsbStorage {
 
     fn mount(&self, node: &Path, mount_point: &Path) -> Result<(), StorageError> {
         self.ensure_mount_point(mount_point)?;
+        if self.encrypt {
+            // From the start: the container is bound as a propagation slave only if the root is
+            // shared when it is created, and a renter who takes the key will need that after a
+            // reboot.
+            self.share_mounts_root()?;
+        }
         run(
             "mount",
             [
