@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub const MIB: u64 = 1024 * 1024;
+/// By path: a non-login PATH may lack /usr/sbin.
+const MKE2FS: &str = "/usr/sbin/mke2fs";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -34,7 +36,7 @@ pub fn sparse(path: &Path, size: u64) -> Result<PathBuf, DiskError> {
 /// A sparse image formatted ext4 on the host (mke2fs works on a plain file, no kernel support needed).
 pub fn ext4(path: &Path, size: u64) -> Result<PathBuf, DiskError> {
     sparse(path, size)?;
-    let out = Command::new("mke2fs")
+    let out = Command::new(MKE2FS)
         .args(["-q", "-F", "-t", "ext4", "-L", "vmtest"])
         .arg(path)
         .output()

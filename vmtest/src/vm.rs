@@ -662,6 +662,13 @@ impl Vm {
         self.monitor_expect_silent(&format!("device_del {id}"))
     }
 
+    /// Pulls the plug: kills QEMU at once, without the guest syncing. Writes QEMU already passed to the
+    /// image files stay (they sit in the host's page cache), so this models losing the guest's RAM and
+    /// unflushed kernel buffers, not a drive losing its own write cache.
+    pub fn power_cut(&mut self) {
+        self.kill();
+    }
+
     /// Runs a raw monitor (HMP) command and returns its output.
     pub fn monitor_command(&mut self, command: &str) -> Result<String, VmError> {
         let monitor = match &mut self.monitor {

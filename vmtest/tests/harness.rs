@@ -80,6 +80,24 @@ fn usb_hotplug_reaches_the_guest() {
 }
 
 #[test]
+fn usb_unplug_reaches_the_guest() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let usb = disk::sparse(&dir.path().join("usb.img"), 64 * MIB).unwrap();
+    let mut vm = VmBuilder::new(GUEST)
+        .usb_disk("usb1", &usb)
+        .args(["usb-unplug", "120"])
+        .start()
+        .unwrap();
+    vm.wait_for_line("waiting for the USB disks to go", EXIT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.usb_detach("usb1").unwrap_or_else(|e| panic!("{e}"));
+    let code = exit_code(&mut vm);
+    report("unplug", &vm, started);
+    assert_eq!(code, 0, "{}", vm.diagnostics());
+}
+
+#[test]
 fn the_state_disk_survives_a_reboot() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
