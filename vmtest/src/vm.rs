@@ -33,6 +33,7 @@ pub const KEEP_ENV: &str = "P2PVPS_VMTEST_KEEP";
 const DEFAULT_MEMORY_MIB: u32 = 1024;
 const DEFAULT_WAIT_SECONDS: u32 = 60;
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(30);
+const DRIVE_RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 const MONITOR_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DIAG_LINES: usize = 40;
 
@@ -655,11 +656,29 @@ impl Vm {
         ))
     }
 
-    /// Unplugs the USB disk with QEMU device id `id` (its drive goes with it). The guest sees the
-    /// removal shortly after, not necessarily when this returns.
+    /// Unplugs the USB disk with QEMU device id `id`, and returns once QEMU has released its drive
+    /// (which it does a moment after the device goes), so the same id can be attached again. The
+    /// guest sees the removal shortly after, not necessarily when this returns.
     pub fn usb_detach(&mut self, id: &str) -> Result<(), VmError> {
         check_id(id)?;
-        self.monitor_expect_silent(&format!("device_del {id}"))
+        self.monitor_expect_silent(&format!("device_del {id}"))?;
+        let drive = format!("drv-{id} ");
+        let deadline = Instant::now() + DRIVE_RELEASE_TIMEOUT;
+        loop {
+            let blocks = self.monitor_command("info block")?;
+            if !blocks.lines().any(|l| l.starts_with(&drive)) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::MonitorCommand {
+                    command: format!("device_del {id}"),
+                    output: format!(
+                        "drive drv-{id} still open after {DRIVE_RELEASE_TIMEOUT:?}: {blocks}"
+                    ),
+                });
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Pulls the plug: kills QEMU at once, without the guest syncing. Writes QEMU already passed to the

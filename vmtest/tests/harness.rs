@@ -79,22 +79,32 @@ fn usb_hotplug_reaches_the_guest() {
     assert_eq!(code, 0, "{}", vm.diagnostics());
 }
 
+/// Unplug and replug under the same id: `usb_detach` returns only once QEMU let go of the drive.
 #[test]
-fn usb_unplug_reaches_the_guest() {
+fn usb_unplug_and_replug_reach_the_guest() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let usb = disk::sparse(&dir.path().join("usb.img"), 64 * MIB).unwrap();
     let mut vm = VmBuilder::new(GUEST)
         .usb_disk("usb1", &usb)
-        .args(["usb-unplug", "120"])
+        .args(["usb-replug", "120"])
         .start()
         .unwrap();
     vm.wait_for_line("waiting for the USB disks to go", EXIT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
     vm.usb_detach("usb1").unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for_line("USB disks gone", Duration::from_mins(2))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.usb_attach("usb1", &usb)
+        .unwrap_or_else(|e| panic!("{e}"));
     let code = exit_code(&mut vm);
-    report("unplug", &vm, started);
+    report("replug", &vm, started);
     assert_eq!(code, 0, "{}", vm.diagnostics());
+    assert!(
+        vm.serial_output().contains("USB disk back"),
+        "{}",
+        vm.serial_output()
+    );
 }
 
 #[test]

@@ -5,8 +5,8 @@
 //! Scenarios:
 //!   smoke                      kernel release, USB disks, dm-crypt: exit 0 only if a USB disk and dm are there
 //!   wait-usb N SECONDS         prints "waiting for N USB disks", exit 0 once N are there, 1 on timeout
-//!   usb-unplug SECONDS         once a USB disk is there, prints "waiting for the USB disks to go";
-//!                              exit 0 once none is left, 1 on timeout
+//!   usb-replug SECONDS         once a USB disk is there, prints "waiting for the USB disks to go",
+//!                              then "USB disks gone" when none is left; exit 0 once one is back, 1 on timeout
 //!   state-write TEXT           writes TEXT to /state/vmtest.txt (the state disk) and syncs it
 //!   state-read TEXT            exit 0 if /state/vmtest.txt holds TEXT
 //!   exit CODE                  exits with CODE (proves the harness reports failures)
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["smoke"] => smoke(),
         ["wait-usb", count, seconds] => wait_usb(count, seconds),
-        ["usb-unplug", seconds] => usb_unplug(seconds),
+        ["usb-replug", seconds] => usb_replug(seconds),
         ["state-write", text] => state_write(text),
         ["state-read", text] => state_read(text),
         ["exit", code] => return ExitCode::from(code.parse::<u8>().unwrap_or(255)),
@@ -130,29 +130,31 @@ fn wait_usb(count: &str, seconds: &str) -> Result<(), String> {
     }
 }
 
-fn usb_unplug(seconds: &str) -> Result<(), String> {
+/// Waits for a USB disk, for none, then for one again: what unplugging and replugging a drive does.
+fn usb_replug(seconds: &str) -> Result<(), String> {
     let seconds: u64 = seconds
         .parse()
         .map_err(|_| format!("bad seconds {seconds:?}"))?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut announced = false;
-    loop {
-        let count = usb_disks().len();
-        if count > 0 && !announced {
-            println!("waiting for the USB disks to go ({count} present)");
-            announced = true;
-        }
-        if count == 0 && announced {
-            println!("USB disks gone");
+    let wait = |present: bool, what: &str| loop {
+        if usb_disks().is_empty() != present {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "{count} USB disks after {seconds} s (seen any: {announced})"
-            ));
+            return Err(format!("timed out after {seconds} s waiting for {what}"));
         }
         thread::sleep(Duration::from_millis(100));
-    }
+    };
+    wait(true, "a USB disk")?;
+    println!("waiting for the USB disks to go");
+    wait(false, "no USB disk")?;
+    println!("USB disks gone");
+    wait(true, "the USB disk to come back")?;
+    println!(
+        "USB disk back: {:?}",
+        usb_disks().first().map(|(name, _)| name)
+    );
+    Ok(())
 }
 
 fn state_write(text: &str) -> Result<(), String> {
