@@ -45,8 +45,21 @@ pub enum MarketplaceError {
         url: String,
         reason: String,
     },
-    #[error("cannot build the HTTP client: {0}")]
+    /// Most often: no CA certificates on the system (the ca-certificates package).
+    #[error("cannot build the HTTP client: {}", chain(.0))]
     Client(reqwest::Error),
+}
+
+/// An error and its sources, `a: b: c` (reqwest's own text is only "builder error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 impl MarketplaceError {
