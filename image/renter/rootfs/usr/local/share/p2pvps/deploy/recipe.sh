@@ -262,7 +262,8 @@ svc_start() {
         cmd=(setpriv --reuid="${BASH_REMATCH[1]}" --regid="${BASH_REMATCH[2]}" --clear-groups -- "$@")
     fi
     log "starting $name: $*"
-    setsid "${cmd[@]}" </dev/null >>"$P2PVPS_LOG_DIR/$name.log" 2>&1 &
+    # 9>&-: the daemon must not inherit p2pvps-deploy's lock.
+    setsid "${cmd[@]}" </dev/null >>"$P2PVPS_LOG_DIR/$name.log" 2>&1 9>&- &
     pid=$!
     start="$(proc_starttime "$pid")" || die "$name exited at once; see $P2PVPS_LOG_DIR/$name.log"
     printf '%s %s\n' "$pid" "$start" >"$(pidfile "$name")"
