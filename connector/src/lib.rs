@@ -3,6 +3,7 @@
 
 pub mod governor;
 pub mod logging;
+pub mod notices;
 pub mod secret;
 pub mod serve;
 pub mod session;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use p2pvps_connector::serve::{ServeOptions, serve};
 use p2pvps_connector::settings::TunnelSettings;
 use p2pvps_connector::storage_cli::{self, StorageArgs};
-use p2pvps_connector::{EXIT_CONFIG, governor, logging, shutdown, tunnel};
+use p2pvps_connector::{EXIT_CONFIG, governor, logging, notices, shutdown, tunnel};
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -40,6 +40,25 @@ enum Command {
     },
     /// The renter's storage key (installed as `p2pvps-storage` too).
     Storage(StorageArgs),
+    /// When the rental ends (installed as `p2pvps-lease` too).
+    Lease {
+        #[arg(long, default_value = notices::LEASE_FILE)]
+        file: PathBuf,
+    },
+}
+
+/// `p2pvps-lease`: when the rental ends (from the file the connector keeps: any user may ask).
+fn lease(path: &Path) -> ExitCode {
+    match notices::saved_lease(path) {
+        Ok(l) => {
+            println!("{}", notices::describe(&l, chrono::Utc::now()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("p2pvps-lease: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `p2pvps-storage ARGS`, the renter's name for `p2pvps-connector storage ARGS`.
@@ -73,12 +92,15 @@ async fn storage(args: StorageArgs) -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
-    if Path::new(&argv0).file_name() == Some("p2pvps-storage".as_ref()) {
-        return storage(StorageCli::parse().args).await;
+    match Path::new(&argv0).file_name().and_then(|n| n.to_str()) {
+        Some("p2pvps-storage") => return storage(StorageCli::parse().args).await,
+        Some("p2pvps-lease") => return lease(Path::new(notices::LEASE_FILE)),
+        _ => {}
     }
     logging::init();
     match Cli::parse().command {
         Command::Storage(args) => storage(args).await,
+        Command::Lease { file } => lease(&file),
         Command::Tunnel { settings } => {
             let settings = match TunnelSettings::load(&settings) {
                 Ok(s) => s,

@@ -1,7 +1,7 @@
 //! `p2pvps-connector serve`: the renter container's main process (under Docker's init, which reaps
 //! zombies and forwards SIGTERM). It makes the container's SSH host keys on first start (never baked
 //! into the image), keeps sshd running, fetches the tunnel settings from the governor and keeps the
-//! tunnel up, reporting its state back.
+//! tunnel up, reporting its state back; and tells the renter when the rental ends (`notices`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,7 +11,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::{governor, tunnel};
+use crate::{governor, notices, tunnel};
 use p2pvps_common::Backoff;
 
 #[derive(Debug, Clone)]
@@ -38,6 +38,7 @@ pub async fn serve(
         command: "mkdir /run/sshd".into(),
         reason: e.to_string(),
     })?;
+    login_records();
     let (stop_tx, stop_rx) = watch::channel(false);
     let sshd = tokio::spawn(keep_sshd(opts.sshd.clone(), stop_rx.clone()));
 
@@ -47,6 +48,10 @@ pub async fn serve(
         opts.socket.clone(),
         "/proc".into(),
         Duration::from_secs(2),
+    ));
+    let notices = tokio::spawn(notices::keep(
+        opts.socket.clone(),
+        notices::LEASE_FILE.into(),
     ));
     let work = async {
         let mut stop = stop_rx.clone();
@@ -78,7 +83,23 @@ pub async fn serve(
     let _ = sshd.await;
     reporter.abort();
     sessions.abort();
+    notices.abort();
     Ok(())
+}
+
+/// /run/utmp, where sshd records the renter's terminals (systemd-tmpfiles makes it on a full
+/// system; nothing does in a container): `wall` finds the sessions to tell there.
+fn login_records() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = Path::new("/run/utmp");
+    if path.exists() {
+        return;
+    }
+    let made = std::fs::File::create(path)
+        .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o664)));
+    if let Err(e) = made {
+        warn!(error = %e, "cannot create /run/utmp: renters will not see reminders on their terminals");
+    }
 }
 
 /// `ssh-keygen -A` makes whichever host keys are missing: fresh ones per container.

@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub network: String,
     /// The kernel LED class directory (`/sys/class/leds`).
     pub led_root: PathBuf,
+    /// When to tell the renter that the rental ends (before the expiration).
+    pub notices: Vec<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,7 @@ async fn run_with_led(
     settings.image_tar.clone_from(&config.renter_image_tar);
     settings.container_name.clone_from(&opts.container_name);
     settings.network.clone_from(&opts.network);
+    settings.notices.clone_from(&opts.notices);
     settings.tunnel = Some(TunnelEndpoint {
         server: config.ssh_server.clone(),
         server_port: config.ssh_server_port.get(),
@@ -289,6 +292,7 @@ mod tests {
             container_name: "unused".into(),
             network: "none".into(),
             led_root: tmp.path().join("leds"),
+            notices: Vec::new(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let watch = async {

@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use crate::clock::Clock;
 use crate::marketplace::{MarketplaceApi, Specs};
 use crate::runtime::{ContainerRuntime, ContainerSpec, Limits};
-use crate::socket::{Hub, TunnelEndpoint, TunnelSettings};
+use crate::socket::{Hub, LeaseNotice, TunnelEndpoint, TunnelSettings};
 use crate::state::{Heartbeat, LeaseRecord, Phase, State, StateError, StateStore, new_volume_id};
 use crate::storage::Storage;
 use crate::types::{DeviceId, PasswordHash};
@@ -56,7 +56,17 @@ pub struct Settings {
     pub socket_dir: Option<PathBuf>,
     /// Docker network of the renter's container.
     pub network: String,
+    /// How long before the expiration the renter is told, through the connector (wall and the
+    /// login banner).
+    pub notices: Vec<Duration>,
 }
+
+/// The renter is told a day, an hour and ten minutes before the end.
+pub const DEFAULT_NOTICES: [Duration; 3] = [
+    Duration::from_hours(24),
+    Duration::from_hours(1),
+    Duration::from_mins(10),
+];
 
 impl Settings {
     /// Defaults for everything but what only the config and the host know.
@@ -77,6 +87,7 @@ impl Settings {
             tunnel: None,
             socket_dir: None,
             network: "bridge".into(),
+            notices: DEFAULT_NOTICES.to_vec(),
         }
     }
 }
@@ -220,6 +231,7 @@ where
         self.hub.set_tunnel(tunnel);
         let live = matches!(state.phase, Phase::Provisioning | Phase::Serving);
         self.hub.set_volume(live.then(|| state.volume.clone()));
+        self.publish_lease(state);
         match state.phase {
             Phase::PreparingStorage => self.prepare_storage(state).await,
             Phase::Registering => self.register(state).await,
@@ -237,6 +249,16 @@ where
             Phase::Expired => self.end_rental(state).await,
             Phase::Wiping => self.wipe(state).await,
         }
+    }
+
+    /// The expiration the connector announces to the renter, while a rental is live.
+    fn publish_lease(&self, state: &State) {
+        let live = matches!(state.phase, Phase::Provisioning | Phase::Serving);
+        self.hub
+            .set_lease(state.lease.as_ref().filter(|_| live).map(|l| LeaseNotice {
+                expiration: l.expiration,
+                notices: self.settings.notices.clone(),
+            }));
     }
 
     fn enter(&self, state: &mut State, phase: Phase) -> Result<(), LifecycleError> {
@@ -369,6 +391,7 @@ where
                     if new != expiration {
                         info!(old = %expiration, new = %new, "the marketplace changed the expiration");
                         lease_mut(state).expiration = new;
+                        self.publish_lease(state);
                     }
                     state.last_heartbeat = Some(Heartbeat { at, error: None });
                     delay = hb;

@@ -33,6 +33,9 @@ enum Command {
         /// Docker network of the renter's container.
         #[arg(long, default_value = "bridge")]
         network: String,
+        /// When to tell the renter the rental ends: seconds before the expiration, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "86400,3600,600")]
+        expiry_notices: Vec<u64>,
     },
     /// Show what the governor is doing.
     Status {
@@ -61,12 +64,17 @@ fn main() -> ExitCode {
             state_dir,
             container_name,
             network,
+            expiry_notices,
         } => run(RunOptions {
             config,
             state_dir,
             container_name,
             network,
             led_root: p2pvps_governor::led::SYSFS_LEDS.into(),
+            notices: expiry_notices
+                .into_iter()
+                .map(std::time::Duration::from_secs)
+                .collect(),
         }),
         Command::Status { state_dir, json } => match status::load(&StateStore::new(state_dir)) {
             Ok(view) if json => {

@@ -7,7 +7,9 @@
 //! `{"ok": true}`; `{"op": "sessions", "count": N}` (renter SSH sessions open) -> `{"ok": true}`;
 //! `{"op": "storage-status"}` -> `{"ok": true, "storage": {"encrypted", "holder", "locked"}}`;
 //! `{"op": "storage-set-passphrase", "passphrase": "…", "old": "…"?}` and
-//! `{"op": "storage-unlock", "passphrase": "…"}` -> `{"ok": true}`. The passphrase crosses the
+//! `{"op": "storage-unlock", "passphrase": "…"}` -> `{"ok": true}`; `{"op": "lease"}` ->
+//! `{"ok": true, "lease": {"expiration": "RFC 3339", "notices": [seconds before it, …]}}` (the
+//! connector tells the renter). The passphrase crosses the
 //! socket once, is held in memory for the key derivation, and is never logged or stored.
 //! Failures answer `{"ok": false, "error": "…"}`. Everything that comes in is
 //! untrusted (the renter is root in the container): lines are capped and checked.
@@ -83,6 +85,14 @@ impl TunnelSettings {
     }
 }
 
+/// The rental's end as the connector announces it to the renter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseNotice {
+    pub expiration: DateTime<Utc>,
+    /// Tell the renter this long before the expiration (each once).
+    pub notices: Vec<std::time::Duration>,
+}
+
 /// The tunnel's state as the connector last reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -136,6 +146,7 @@ struct HubInner {
     report_file: Option<PathBuf>,
     /// The storage volume of the rental in force.
     volume: Option<String>,
+    lease: Option<LeaseNotice>,
 }
 
 impl Hub {
@@ -158,6 +169,11 @@ impl Hub {
         self.inner.lock().unwrap().volume = volume;
     }
 
+    /// The rental's end, for the renter's notices; None between rentals.
+    pub fn set_lease(&self, lease: Option<LeaseNotice>) {
+        self.inner.lock().unwrap().lease = lease;
+    }
+
     /// The settings handed to the connector; None between rentals.
     pub fn set_tunnel(&self, settings: Option<TunnelSettings>) {
         let mut inner = self.inner.lock().unwrap();
@@ -169,6 +185,11 @@ impl Hub {
                 let _ = std::fs::remove_file(f);
             }
         }
+    }
+
+    /// The rental's end as the connector gets it now.
+    pub fn lease(&self) -> Option<LeaseNotice> {
+        self.inner.lock().unwrap().lease.clone()
     }
 
     /// The settings the connector gets now.
@@ -245,6 +266,13 @@ impl Hub {
         match req.get("op").and_then(Value::as_str) {
             Some("tunnel-settings") => match &self.inner.lock().unwrap().tunnel {
                 Some(t) => json!({"ok": true, "settings": t.to_wire()}),
+                None => json!({"ok": false, "error": "no rental in force"}),
+            },
+            Some("lease") => match &self.inner.lock().unwrap().lease {
+                Some(l) => json!({"ok": true, "lease": {
+                    "expiration": l.expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "notices": l.notices.iter().map(std::time::Duration::as_secs).collect::<Vec<_>>(),
+                }}),
                 None => json!({"ok": false, "error": "no rental in force"}),
             },
             Some("sessions") => match req.get("count").and_then(Value::as_u64) {

@@ -219,3 +219,69 @@ fn docker_logs(name: &str) -> (bool, String) {
     );
     (out.status.success(), all)
 }
+
+/// The renter hears of the end: the login banner names it, `p2pvps-lease` prints it, and each
+/// reminder (here 40 s and 20 s before a 60 s lease's end) reaches an open session through wall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_renter_is_told_before_the_rental_ends() {
+    use std::io::Write as _;
+    let rig = Rig::start_with(None, Duration::from_mins(1), &["--expiry-notices", "40,20"]).await;
+    let (user, password, port) = rig.serving(1, Duration::from_secs(30)).await;
+    let o = ssh(port, &user, &password, "p2pvps-lease");
+    assert!(o.status.success(), "{o:?}");
+    let lease = stdout(&o);
+    assert!(
+        lease.contains("This rental ends") && lease.contains("UTC (in"),
+        "{lease}"
+    );
+
+    // An interactive login (the banner is shown to those), on a terminal (wall writes to the
+    // logged-in terminals), open until after both reminders.
+    let mut login = Command::new("sshpass");
+    login
+        .args(["-p", &password, "ssh", "-tt", "-p", &port.to_string()])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "PubkeyAuthentication=no", "-o", "LogLevel=ERROR"])
+        .arg(format!("{user}@127.0.0.1"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = login.spawn().expect("ssh runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"sleep 40; exit\n")
+        .unwrap();
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let banner = text
+        .lines()
+        .take_while(|l| !l.contains("Broadcast"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        banner.contains("This rental ends"),
+        "no login banner naming the end: {text}"
+    );
+    let reminders: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("P2P VPS: This rental ends"))
+        .collect();
+    assert_eq!(reminders.len(), 2, "one wall per reminder: {text}");
+    assert!(
+        reminders[0].contains("(in 4") || reminders[0].contains("(in 3"),
+        "{text}"
+    );
+    assert!(
+        reminders[1].contains("(in 2") || reminders[1].contains("(in 1"),
+        "{text}"
+    );
+}

@@ -243,6 +243,17 @@ async fn the_connector_gets_the_tunnel_only_while_a_rental_runs() {
         assert_eq!(t.remote_port, w.state().lease.unwrap().port.get());
         assert_eq!(t.endpoint.server, "tunnel.example");
         let first_port = t.remote_port;
+        // The renter's notices: the lease's end and the default reminders.
+        let l = hub.lease().expect("the lease's end while serving");
+        assert_eq!(l.expiration, w.state().lease.unwrap().expiration);
+        assert_eq!(l.notices, p2pvps_governor::lifecycle::DEFAULT_NOTICES);
+        // The marketplace moves the end: the connector learns it at the next heartbeat.
+        let moved = l.expiration - chrono::Duration::minutes(30);
+        w.market.set_expiration(moved);
+        until(Duration::from_secs(700), || {
+            hub.lease().is_some_and(|l| l.expiration == moved)
+        })
+        .await;
         // After the expiration the next rental's port replaces it; between the two, none.
         until(Duration::from_secs(3700), || w.market.registrations() == 2).await;
         until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;

@@ -88,12 +88,24 @@ impl Drop for Governor {
 /// `p2pvps-governor run` with this config and state dir; its renter container gets `name` on the
 /// Docker network `network`. Logs go to the test's stderr.
 pub fn start_governor(config: &Path, state: &Path, name: &str, network: &str) -> Governor {
+    start_governor_with(config, state, name, network, &[])
+}
+
+/// [`start_governor`] with more `run` options.
+pub fn start_governor_with(
+    config: &Path,
+    state: &Path,
+    name: &str,
+    network: &str,
+    extra: &[&str],
+) -> Governor {
     let child = Command::new(env!("CARGO_BIN_EXE_p2pvps-governor"))
         .args(["run", "--config"])
         .arg(config)
         .arg("--state-dir")
         .arg(state)
         .args(["--container-name", name, "--network", network])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

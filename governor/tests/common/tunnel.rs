@@ -11,7 +11,7 @@ use p2pvps_devserver::{Options, Running, spawn};
 use p2pvps_testkit::{Endpoint, EndpointOptions, TUNNEL_USER, tunnel_password};
 
 use super::{
-    Cleanup, Governor, admin_device, docker, random_device, start_governor, status, wait_for,
+    Cleanup, Governor, admin_device, docker, random_device, start_governor_with, status, wait_for,
 };
 
 /// A Docker network of the test's own, removed when dropped.
@@ -62,6 +62,11 @@ pub struct Rig {
 
 impl Rig {
     pub async fn start(host_key: Option<&str>) -> Self {
+        Self::start_with(host_key, Duration::from_hours(1), &[]).await
+    }
+
+    /// With leases of `lease` and more `run` options for the governor.
+    pub async fn start_with(host_key: Option<&str>, lease: Duration, extra: &[&str]) -> Self {
         let network = Network::create();
         let endpoint = Endpoint::start_with(EndpointOptions {
             listen: vec![network.gateway],
@@ -76,7 +81,7 @@ impl Rig {
             "127.0.0.1:0".parse().unwrap(),
             Options {
                 devices: vec![device.clone()],
-                lease: Duration::from_hours(1),
+                lease,
                 first_port,
                 ..Options::default()
             },
@@ -100,7 +105,7 @@ impl Rig {
         )
         .unwrap();
         let state = tmp.path().join("state");
-        let governor = start_governor(&config, &state, &name, &network.name);
+        let governor = start_governor_with(&config, &state, &name, &network.name, extra);
         Self {
             governor: Some(governor),
             _cleanup: Cleanup(vec![name.clone()]),
