@@ -61,6 +61,10 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
     let mut led = led::spawn(led::open(&Led::Act, &opts.led_root));
     let result = run_with_led(&opts, shutdown, &mut led).await;
     led.shutdown().await;
+    if matches!(result, Err(DaemonError::Config(_))) && led::hand_over_config_error(&opts.led_root)
+    {
+        info!("the board LED flashes briefly every 2 s: device-config.json is invalid");
+    }
     result
 }
 
@@ -276,6 +280,33 @@ mod tests {
                 "{phase:?} with {sessions} sessions"
             );
         }
+    }
+
+    /// The governor exits on a bad config; the board LED keeps saying so, driven by the kernel.
+    #[tokio::test]
+    async fn an_invalid_config_leaves_the_kernel_blinking_the_board_led() {
+        let tmp = tempfile::tempdir().unwrap();
+        let act = tmp.path().join("leds/ACT");
+        std::fs::create_dir_all(&act).unwrap();
+        std::fs::write(act.join("trigger"), "none [mmc0] timer heartbeat").unwrap();
+        std::fs::write(act.join("brightness"), "0").unwrap();
+        std::fs::write(act.join("max_brightness"), "1").unwrap();
+        let config = tmp.path().join("device-config.json");
+        std::fs::write(&config, r#"{"deviceId": "not hex"}"#).unwrap();
+        let opts = RunOptions {
+            config,
+            state_dir: tmp.path().join("state"),
+            container_name: "unused".into(),
+            network: "none".into(),
+            led_root: tmp.path().join("leds"),
+            notices: Vec::new(),
+        };
+        let e = run(opts, std::future::pending()).await.unwrap_err();
+        assert!(matches!(e, DaemonError::Config(_)), "{e}");
+        let read = |f: &str| std::fs::read_to_string(act.join(f)).unwrap();
+        assert_eq!(read("trigger"), "timer");
+        assert_eq!(read("delay_on"), "100");
+        assert_eq!(read("delay_off"), "1900");
     }
 
     #[tokio::test]

@@ -194,6 +194,36 @@ fn open_onboard(root: &Path) -> Box<dyn StatusLed + Send> {
     }
 }
 
+/// The kernel's blink (on-board LED only) for "device-config.json is invalid": the governor exits
+/// then (status 78, no restart), so no task of ours could blink; the kernel's `timer` trigger keeps
+/// a short flash every two seconds going without us, until the next start takes the LED back.
+/// An external GPIO LED stays dark (nothing blinks a GPIO line without a process).
+pub const CONFIG_ERROR_BLINK: (u32, u32) = (100, 1900);
+
+/// Leave the on-board LED to the kernel's timer trigger with [`CONFIG_ERROR_BLINK`]; false when
+/// there is no on-board LED or its kernel has no timer trigger.
+pub fn hand_over_config_error(root: &Path) -> bool {
+    let Some(dir) = ONBOARD_NAMES
+        .iter()
+        .map(|name| root.join(name))
+        .find(|dir| dir.exists())
+    else {
+        return false;
+    };
+    let (on, off) = CONFIG_ERROR_BLINK;
+    // Selecting the timer trigger creates delay_on/delay_off; then the rhythm is written.
+    let done = std::fs::write(dir.join("trigger"), "timer")
+        .and_then(|()| std::fs::write(dir.join("delay_on"), on.to_string()))
+        .and_then(|()| std::fs::write(dir.join("delay_off"), off.to_string()));
+    match done {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(led = %dir.display(), error = %e, "cannot leave the config-error blink to the kernel");
+            false
+        }
+    }
+}
+
 /// Whether rppal recognises this board as a Raspberry Pi (from /proc/cpuinfo or the device
 /// tree). Off the Pi there is no GPIO LED to drive, and touching some other board's GPIO lines
 /// could do harm.
