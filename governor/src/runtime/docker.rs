@@ -123,18 +123,31 @@ impl DockerRuntime {
             source,
         };
         let file = tokio::fs::File::open(tar).await.map_err(tar_err)?;
+        let total = file.metadata().await.map_err(tar_err)?.len();
         let (repo, tag) = split_reference(image);
-        let chunks = futures_util::stream::unfold(file, |mut file| async move {
-            let mut buf = vec![0u8; 1 << 20];
-            match file.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(bytes::Bytes::from(buf)), file))
+        let started = std::time::Instant::now();
+        // Progress in the journal every few seconds: an import from an SD card takes minutes.
+        let reading = (file, 0u64, started);
+        let chunks =
+            futures_util::stream::unfold(reading, move |(mut file, done, mut logged)| async move {
+                let mut buf = vec![0u8; 1 << 20];
+                match file.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        let done = done + n as u64;
+                        if logged.elapsed() >= IMPORT_PROGRESS_EVERY {
+                            tracing::info!(
+                                "importing the renter image: {}",
+                                import_progress(done, total)
+                            );
+                            logged = std::time::Instant::now();
+                        }
+                        Some((Ok(bytes::Bytes::from(buf)), (file, done, logged)))
+                    }
+                    Err(e) => Some((Err(e), (file, done, logged))),
                 }
-                Err(e) => Some((Err(e), file)),
-            }
-        });
+            });
         let options = CreateImageOptions {
             from_src: Some("-".into()),
             repo: Some(repo.to_owned()),
@@ -150,8 +163,22 @@ impl DockerRuntime {
                 reason: format!("import from {}: {e}", tar.display()),
             })?;
         }
+        tracing::info!(
+            image,
+            seconds = started.elapsed().as_secs(),
+            "renter image imported: {}",
+            import_progress(total, total)
+        );
         Ok(())
     }
+}
+
+const IMPORT_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// "120 of 400 MiB (30%)".
+fn import_progress(done: u64, total: u64) -> String {
+    let pct = (done * 100).checked_div(total).unwrap_or(100);
+    format!("{} of {} MiB ({pct}%)", done >> 20, total >> 20)
 }
 
 /// `repo[:tag]` split as Docker does: a colon after the last slash starts the tag.
@@ -362,7 +389,16 @@ impl ContainerRuntime for DockerRuntime {
 
 #[cfg(test)]
 mod tests {
-    use super::split_reference;
+    use super::{import_progress, split_reference};
+
+    #[test]
+    fn import_progress_reads_as_mib_and_percent() {
+        assert_eq!(
+            import_progress(120 << 20, 400 << 20),
+            "120 of 400 MiB (30%)"
+        );
+        assert_eq!(import_progress(0, 0), "0 of 0 MiB (100%)");
+    }
 
     #[test]
     fn references_split_like_docker() {
