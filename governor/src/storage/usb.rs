@@ -606,12 +606,7 @@ impl UsbStorage {
             let len = MIB.min(span - offset);
             self.check_zero(file, info, buf, offset, len)
                 .map_err(|e| match e {
-                    StorageError::Residue { path, detail }
-                        if buf
-                            .as_slice()
-                            .windows(6)
-                            .any(|w| w == LUKS_MAGIC || w == LUKS_MAGIC2) =>
-                    {
+                    StorageError::Residue { path, detail } if has_luks_magic(buf.as_slice()) => {
                         StorageError::Residue {
                             path,
                             detail: format!("a LUKS header survived ({detail})"),
@@ -1349,6 +1344,13 @@ where
     }
 }
 
+/// Whether `bytes` hold a LUKS header's magic (primary or LUKS2 secondary).
+fn has_luks_magic(bytes: &[u8]) -> bool {
+    bytes
+        .windows(LUKS_MAGIC.len())
+        .any(|w| w == LUKS_MAGIC || w == LUKS_MAGIC2)
+}
+
 /// Unmount `mount_point`. "target is busy" lasts a moment when another thread's child has just
 /// inherited a descriptor of a file on it (see `open_exclusive`); a real user outlasts the retries.
 fn umount(mount_point: &Path) -> Result<(), StorageError> {
@@ -1398,6 +1400,14 @@ fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> Stora
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn luks_magics_are_recognised() {
+        let mut block = vec![0u8; 4096];
+        assert!(!has_luks_magic(&block));
+        block[16384 % 4096..][..6].copy_from_slice(LUKS_MAGIC2);
+        assert!(has_luks_magic(&block));
+    }
 
     #[test]
     fn volume_guids_are_stable_and_distinct() {
