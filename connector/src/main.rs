@@ -44,12 +44,25 @@ enum Command {
     Lease {
         #[arg(long, default_value = notices::LEASE_FILE)]
         file: PathBuf,
+        /// Print the server and port renters log in at instead (`SERVER PORT`).
+        #[arg(long)]
+        contact: bool,
     },
 }
 
-/// `p2pvps-lease`: when the rental ends (from the file the connector keeps: any user may ask).
-fn lease(path: &Path) -> ExitCode {
+/// `p2pvps-lease [--contact]`: when the rental ends, or (`--contact`) the server and port renters
+/// log in at, as `SERVER PORT` (from the file the connector keeps: any user may ask).
+fn lease(path: &Path, contact: bool) -> ExitCode {
     match notices::saved_lease(path) {
+        Ok(l) if contact => {
+            if let Some((server, port)) = l.contact {
+                println!("{server} {port}");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("p2pvps-lease: the governor did not name the server");
+                ExitCode::FAILURE
+            }
+        }
         Ok(l) => {
             println!("{}", notices::describe(&l, chrono::Utc::now()));
             ExitCode::SUCCESS
@@ -94,13 +107,16 @@ async fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     match Path::new(&argv0).file_name().and_then(|n| n.to_str()) {
         Some("p2pvps-storage") => return storage(StorageCli::parse().args).await,
-        Some("p2pvps-lease") => return lease(Path::new(notices::LEASE_FILE)),
+        Some("p2pvps-lease") => {
+            let contact = std::env::args().nth(1).as_deref() == Some("--contact");
+            return lease(Path::new(notices::LEASE_FILE), contact);
+        }
         _ => {}
     }
     logging::init();
     match Cli::parse().command {
         Command::Storage(args) => storage(args).await,
-        Command::Lease { file } => lease(&file),
+        Command::Lease { file, contact } => lease(&file, contact),
         Command::Tunnel { settings } => {
             let settings = match TunnelSettings::load(&settings) {
                 Ok(s) => s,

@@ -27,14 +27,21 @@ pub struct Lease {
     pub expiration: DateTime<Utc>,
     /// Reminders, as time before the expiration.
     pub notices: Vec<Duration>,
+    /// The server and port renters log in at, when the governor knows them.
+    pub contact: Option<(String, u16)>,
 }
 
 impl Lease {
     fn to_wire(&self) -> Value {
-        json!({
+        let mut v = json!({
             "expiration": self.expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "notices": self.notices.iter().map(Duration::as_secs).collect::<Vec<_>>(),
-        })
+        });
+        if let Some((server, port)) = &self.contact {
+            v["server"] = json!(server);
+            v["port"] = json!(port);
+        }
+        v
     }
 
     fn from_wire(v: &Value) -> Option<Self> {
@@ -47,9 +54,22 @@ impl Lease {
             .iter()
             .map(|n| n.as_u64().map(Duration::from_secs))
             .collect::<Option<Vec<_>>>()?;
+        // A host name or address only: the renter's tools print it into shell commands.
+        let server = v.get("server").and_then(Value::as_str).filter(|s| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+        });
+        let port = v
+            .get("port")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok());
+        let contact = server.zip(port).map(|(s, p)| (s.to_owned(), p));
         Some(Self {
             expiration,
             notices,
+            contact,
         })
     }
 }
@@ -233,6 +253,7 @@ mod tests {
                     Duration::from_hours(1),
                     Duration::from_mins(10),
                 ],
+                contact: Some(("vps.example.net".into(), 6001)),
             },
             now,
         )
@@ -308,6 +329,18 @@ mod tests {
         assert_eq!(
             l.notices,
             [Duration::from_hours(1), Duration::from_mins(10)]
+        );
+        assert_eq!(l.contact, None);
+        let v = json!({"expiration": "2026-11-26T10:00:00Z", "notices": [], "server": "p2pvps.net", "port": 6001});
+        assert_eq!(
+            Lease::from_wire(&v).unwrap().contact,
+            Some(("p2pvps.net".into(), 6001))
+        );
+        let v = json!({"expiration": "2026-11-26T10:00:00Z", "notices": [], "server": "x; rm -rf /", "port": 6001});
+        assert_eq!(
+            Lease::from_wire(&v).unwrap().contact,
+            None,
+            "not a host name"
         );
         assert!(Lease::from_wire(&json!({"expiration": "soon", "notices": []})).is_none());
         assert!(

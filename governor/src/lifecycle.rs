@@ -255,9 +255,16 @@ where
     fn publish_lease(&self, state: &State) {
         let live = matches!(state.phase, Phase::Provisioning | Phase::Serving);
         self.hub
-            .set_lease(state.lease.as_ref().filter(|_| live).map(|l| LeaseNotice {
-                expiration: l.expiration,
-                notices: self.settings.notices.clone(),
+            .set_lease(state.lease.as_ref().filter(|_| live).map(|l| {
+                LeaseNotice {
+                    expiration: l.expiration,
+                    notices: self.settings.notices.clone(),
+                    contact: self
+                        .settings
+                        .tunnel
+                        .as_ref()
+                        .map(|t| (t.server.clone(), l.port.get())),
+                }
             }));
     }
 

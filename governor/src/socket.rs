@@ -91,6 +91,9 @@ pub struct LeaseNotice {
     pub expiration: DateTime<Utc>,
     /// Tell the renter this long before the expiration (each once).
     pub notices: Vec<std::time::Duration>,
+    /// Where renters log in: the tunnel endpoint and the rental's port (not secret: the
+    /// marketplace lists them), for the commands the renter's tools print.
+    pub contact: Option<(String, u16)>,
 }
 
 /// The tunnel's state as the connector last reported it.
@@ -269,10 +272,17 @@ impl Hub {
                 None => json!({"ok": false, "error": "no rental in force"}),
             },
             Some("lease") => match &self.inner.lock().unwrap().lease {
-                Some(l) => json!({"ok": true, "lease": {
-                    "expiration": l.expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    "notices": l.notices.iter().map(std::time::Duration::as_secs).collect::<Vec<_>>(),
-                }}),
+                Some(l) => {
+                    let mut lease = json!({
+                        "expiration": l.expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        "notices": l.notices.iter().map(std::time::Duration::as_secs).collect::<Vec<_>>(),
+                    });
+                    if let Some((server, port)) = &l.contact {
+                        lease["server"] = json!(server);
+                        lease["port"] = json!(port);
+                    }
+                    json!({"ok": true, "lease": lease})
+                }
                 None => json!({"ok": false, "error": "no rental in force"}),
             },
             Some("sessions") => match req.get("count").and_then(Value::as_u64) {

@@ -234,6 +234,8 @@ async fn the_renter_is_told_before_the_rental_ends() {
         lease.contains("This rental ends") && lease.contains("UTC (in"),
         "{lease}"
     );
+    let o = ssh(port, &user, &password, "p2pvps-lease --contact");
+    assert_eq!(stdout(&o), format!("{} {port}", rig.network.gateway));
 
     // An interactive login (the banner is shown to those), on a terminal (wall writes to the
     // logged-in terminals), open until after both reminders.
