@@ -8,19 +8,10 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use super::StorageError;
+use super::{StorageError, io};
 
 /// Key length: as long as the volume key it protects (512 bits).
 pub const KEY_BYTES: usize = 64;
-
-fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> StorageError + use<> {
-    let path = path.to_owned();
-    move |source| StorageError::Io {
-        path,
-        action,
-        source,
-    }
-}
 
 /// Where the device keys of one state dir live.
 #[derive(Debug, Clone)]

@@ -44,6 +44,19 @@ pub enum StorageError {
     Refused(String),
 }
 
+/// The `map_err` of an I/O step on `path`.
+pub(crate) fn io(
+    path: &std::path::Path,
+    action: &'static str,
+) -> impl FnOnce(std::io::Error) -> StorageError + use<> {
+    let path = path.to_owned();
+    move |source| StorageError::Io {
+        path,
+        action,
+        source,
+    }
+}
+
 pub trait Storage: Send + Sync {
     /// Make volume `id` ready and return the host path to mount at `/media/storage`. Idempotent:
     /// anything left of a half-made volume of that id is discarded first.

@@ -55,7 +55,7 @@ use super::discover::{self, BlockGraph, HostPaths, human_size, read_trimmed};
 use super::keys::KeyDir;
 use super::luks::{self, PassphraseKdf};
 use super::mountinfo::{self, Mount};
-use super::{KeyHolder, KeyStatus, Storage, StorageError, VolumeKeys};
+use super::{KeyHolder, KeyStatus, Storage, StorageError, VolumeKeys, io};
 use crate::types::Secret;
 
 /// The GPT partition name of a p2pvps volume.
@@ -218,28 +218,7 @@ impl UsbStorage {
         }
         // Old partition tables (primary at the start, backup at the end) and the old filesystem or
         // LUKS header where the new partition starts: gone first, so that nothing finds them later.
-        {
-            let file = open_direct(&self.disk, true).map_err(self.io("open for writing"))?;
-            zero_range(
-                &file,
-                &self.disk,
-                0,
-                ERASE_SPAN.min(info.size - MIB),
-                cancel,
-                None,
-                None,
-            )?;
-            zero_range(
-                &file,
-                &self.disk,
-                info.size - MIB,
-                info.size,
-                cancel,
-                None,
-                None,
-            )?;
-            file.sync_data().map_err(self.io("sync"))?;
-        }
+        self.zero_ends(&info, ERASE_SPAN, cancel)?;
         let (first, last) = self.write_gpt(&info, id)?;
         let want = geometry(&info, first, last);
         self.sync_partitions(&info, Some(want))?;
@@ -505,21 +484,7 @@ impl UsbStorage {
         {
             span = span.max(part.start * 512 + header);
         }
-        let span = span.min(info.size - MIB);
-        {
-            let file = open_direct(&self.disk, true).map_err(self.io("open for writing"))?;
-            zero_range(&file, &self.disk, 0, span, cancel, None, None)?;
-            zero_range(
-                &file,
-                &self.disk,
-                info.size - MIB,
-                info.size,
-                cancel,
-                None,
-                None,
-            )?;
-            file.sync_data().map_err(self.io("sync"))?;
-        }
+        let span = self.zero_ends(info, span, cancel)?;
         // Nothing is lost if the drive cannot discard: what is left is ciphertext without a key.
         self.discard(info);
         if let Err(e) = self.sync_partitions(info, None) {
@@ -622,6 +587,30 @@ impl UsbStorage {
     }
 
     // --- Helpers ---
+
+    /// Zero the first `head` bytes of the disk (at most all but its last MiB) and its last MiB,
+    /// durably; returns how much of the head was zeroed.
+    fn zero_ends(
+        &self,
+        info: &DiskInfo,
+        head: u64,
+        cancel: &AtomicBool,
+    ) -> Result<u64, StorageError> {
+        let head = head.min(info.size - MIB);
+        let file = open_direct(&self.disk, true).map_err(self.io("open for writing"))?;
+        zero_range(&file, &self.disk, 0, head, cancel, None, None)?;
+        zero_range(
+            &file,
+            &self.disk,
+            info.size - MIB,
+            info.size,
+            cancel,
+            None,
+            None,
+        )?;
+        file.sync_data().map_err(self.io("sync"))?;
+        Ok(head)
+    }
 
     fn disk_info(&self) -> Result<DiskInfo, StorageError> {
         let meta = std::fs::metadata(&self.disk).map_err(self.io("stat"))?;
@@ -1033,7 +1022,8 @@ impl VolumeKeys for UsbStorage {
     ) -> Result<(), StorageError> {
         if !self.encrypt {
             return Err(StorageError::Refused(
-                "this device's storage is not encrypted (encryptStorage is false, or its kernel                  has no dm-crypt): there is no key to hold"
+                "this device's storage is not encrypted (encryptStorage is false, or its kernel \
+                 has no dm-crypt): there is no key to hold"
                     .into(),
             ));
         }
@@ -1386,15 +1376,6 @@ fn check_id(id: &str) -> Result<(), StorageError> {
         });
     }
     Ok(())
-}
-
-fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> StorageError + use<> {
-    let path = path.to_owned();
-    move |source| StorageError::Io {
-        path,
-        action,
-        source,
-    }
 }
 
 #[cfg(test)]

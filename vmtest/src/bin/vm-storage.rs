@@ -85,6 +85,16 @@ fn new_canary() -> String {
     format!("P2PVPS-CANARY-{:016x}", rand::random::<u64>())
 }
 
+/// What a volume holds besides mkfs's lost+found.
+fn renter_files(dir: &Path) -> Result<Vec<String>> {
+    Ok(std::fs::read_dir(dir)
+        .map_err(s)?
+        .filter_map(std::result::Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lost+found")
+        .collect())
+}
+
 /// Flush every filesystem to its device (busybox `sync`) before the VM powers off.
 fn sync_all() {
     let _ = std::process::Command::new("sync").status();
@@ -224,12 +234,7 @@ async fn resume_wipe() -> Result<()> {
     // The next renter's volume on the same drive.
     let next = "vmtestvolume0002";
     let mp = usb.prepare(next).await.map_err(s)?;
-    let entries: Vec<_> = std::fs::read_dir(&mp)
-        .map_err(s)?
-        .filter_map(std::result::Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "lost+found")
-        .collect();
+    let entries = renter_files(&mp)?;
     check(
         entries.is_empty(),
         format!("the next volume is empty ({entries:?})"),
@@ -519,12 +524,7 @@ async fn governor_reboot() -> Result<()> {
         "the old volume is closed",
     )?;
     let storage = gov.container_storage().ok_or("no container")?;
-    let names: Vec<String> = std::fs::read_dir(&storage)
-        .map_err(s)?
-        .filter_map(std::result::Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "lost+found")
-        .collect();
+    let names = renter_files(&storage)?;
     check(
         names.is_empty(),
         format!("the next renter's storage is empty ({names:?})"),
