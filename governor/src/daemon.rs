@@ -125,7 +125,10 @@ async fn run_with_led(
     let socket_dir = socket::host_dir(&opts.state_dir);
     settings.socket_dir = Some(socket_dir.clone());
     let usb = drive.map(|disk| {
-        let storage = UsbStorage::new(disk.path, &opts.state_dir);
+        let mut storage = UsbStorage::new(disk.path, &opts.state_dir);
+        if config.storage_device == StorageDevice::Auto {
+            storage = storage.rediscovering();
+        }
         Arc::new(if encrypt {
             storage.encrypted(PassphraseKdf::default())
         } else {

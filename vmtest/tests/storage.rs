@@ -139,6 +139,45 @@ fn a_drive_plugged_in_later_is_found_provisioned_and_wiped() {
     assert!(out.contains("ok: the hot-plugged drive is wiped"), "{out}");
 }
 
+/// A drive pulled mid-rental and plugged back in (under a new name, the old one still held) is
+/// found again and crypto-erased at the end.
+#[test]
+fn a_drive_pulled_and_plugged_back_is_still_wiped() {
+    let dir = tempfile::tempdir().unwrap();
+    let usb = disk::sparse(&dir.path().join("usb.img"), 256 * MIB).unwrap();
+    let state = disk::ext4(&dir.path().join("state.img"), 64 * MIB).unwrap();
+    let started = Instant::now();
+    let mut vm = machine(&state)
+        .usb_disk("usb1", &usb)
+        .args(["pulled-drive"])
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for_line("pull the drive", TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.usb_detach("usb1").unwrap_or_else(|e| panic!("{e}"));
+    vm.usb_attach("usb2", &usb)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let code = vm.wait_exit(TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = vm.serial_output();
+    eprintln!(
+        "vm-storage pulled-drive: exit {code}, total {:.1?}",
+        started.elapsed()
+    );
+    assert_eq!(code, 0, "{}", vm.diagnostics());
+    assert!(out.contains("ok: the drive is back as /dev/sdb"), "{out}");
+    assert!(
+        out.contains("ok: no LUKS header on the returned drive"),
+        "{out}"
+    );
+    assert!(!file_contains(&usb, canary(&out).as_bytes()));
+    for magic in [b"LUKS\xba\xbe", b"SKUL\xba\xbe"] {
+        assert!(
+            !file_contains(&usb, magic),
+            "a LUKS header survived the wipe"
+        );
+    }
+}
+
 /// `POST /admin/expire/{device}` on the devserver: the lease ends now.
 fn expire(addr: std::net::SocketAddr, device: &str) {
     use std::io::{Read as _, Write as _};

@@ -94,8 +94,12 @@ const LUKS_MAGIC2: &[u8] = b"SKUL\xba\xbe";
 /// The renter's storage on a whole disk (chosen by [`discover`]).
 #[derive(Debug, Clone)]
 pub struct UsbStorage {
-    /// The whole-disk device node.
+    /// The whole-disk device node (as of this copy; see `current`).
     disk: PathBuf,
+    /// With [`UsbStorage::rediscovering`]: where the drive is now, shared by every copy. A drive
+    /// pulled and plugged back in (while the old device is still held open) comes back under
+    /// another name.
+    current: Option<Arc<std::sync::Mutex<PathBuf>>>,
     /// Volumes are mounted under `<state_dir>/mnt`; mounts elsewhere are someone else's.
     state_dir: PathBuf,
     /// Where sysfs and the mount table are (the real ones; a parameter for symmetry with discovery).
@@ -113,6 +117,7 @@ impl UsbStorage {
         let state_dir = state_dir.into();
         Self {
             disk: disk.into(),
+            current: None,
             keys: KeyDir::new(&state_dir),
             state_dir,
             host: HostPaths::default(),
@@ -127,6 +132,36 @@ impl UsbStorage {
         self.encrypt = true;
         self.kdf = kdf;
         self
+    }
+
+    /// Find the drive again (`storageDevice: "auto"`) when its device node is gone.
+    #[must_use]
+    pub fn rediscovering(mut self) -> Self {
+        self.current = Some(Arc::new(std::sync::Mutex::new(self.disk.clone())));
+        self
+    }
+
+    /// This storage on the drive as it is now: the same node, or, when rediscovering and the node
+    /// is gone, the USB drive discovery finds (the old one back under a new name, typically).
+    fn resolved(&self) -> Self {
+        let Some(current) = &self.current else {
+            return self.clone();
+        };
+        let mut disk = current.lock().unwrap();
+        if !disk.exists()
+            && let Ok(found) = discover::find_usb(&self.host, &self.state_dir)
+        {
+            warn!(
+                old = %disk.display(),
+                new = %found.path.display(),
+                "the storage drive went away and is back under another name"
+            );
+            disk.clone_from(&found.path);
+        }
+        Self {
+            disk: disk.clone(),
+            ..self.clone()
+        }
     }
 
     pub fn is_encrypted(&self) -> bool {
@@ -173,7 +208,7 @@ impl UsbStorage {
         T: Send + 'static,
         F: FnOnce(&Self, &AtomicBool) -> Result<T, StorageError> + Send + 'static,
     {
-        let this = self.clone();
+        let this = self.resolved();
         let cancel = Arc::new(AtomicBool::new(false));
         let guard = CancelOnDrop(Arc::clone(&cancel));
         let result = tokio::task::spawn_blocking(move || f(&this, &cancel)).await;
@@ -994,6 +1029,26 @@ impl Storage for UsbStorage {
 
 impl VolumeKeys for UsbStorage {
     fn key_status(&self, id: &str) -> Result<KeyStatus, StorageError> {
+        self.resolved().key_status_now(id)
+    }
+
+    fn set_passphrase(
+        &self,
+        id: &str,
+        passphrase: &Secret,
+        old: Option<&Secret>,
+    ) -> Result<(), StorageError> {
+        self.resolved().set_passphrase_now(id, passphrase, old)
+    }
+
+    fn unlock(&self, id: &str, passphrase: &Secret) -> Result<PathBuf, StorageError> {
+        self.resolved().unlock_now(id, passphrase)
+    }
+}
+
+/// The renter's key requests, on the drive as [`UsbStorage::resolved`] finds it.
+impl UsbStorage {
+    fn key_status_now(&self, id: &str) -> Result<KeyStatus, StorageError> {
         if !self.encrypt {
             return Ok(KeyStatus {
                 encrypted: false,
@@ -1014,7 +1069,7 @@ impl VolumeKeys for UsbStorage {
         })
     }
 
-    fn set_passphrase(
+    fn set_passphrase_now(
         &self,
         id: &str,
         passphrase: &Secret,
@@ -1070,7 +1125,7 @@ impl VolumeKeys for UsbStorage {
         Ok(())
     }
 
-    fn unlock(&self, id: &str, passphrase: &Secret) -> Result<PathBuf, StorageError> {
+    fn unlock_now(&self, id: &str, passphrase: &Secret) -> Result<PathBuf, StorageError> {
         if !self.encrypt {
             return Err(StorageError::Refused(
                 "this device's storage is not encrypted: nothing to unlock".into(),

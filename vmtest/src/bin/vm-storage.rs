@@ -5,7 +5,7 @@
 //! failed expectation.
 //!
 //! Scenarios (argv[1]): `provision`, `locked-then-unlock`, `crash-mid-wipe`, `resume-wipe`,
-//! `hotplug`, `bench-wipe`; and `governor-rent`, `governor-reboot`: the governor's own lifecycle
+//! `hotplug`, `pulled-drive`, `bench-wipe`; and `governor-rent`, `governor-reboot`: the governor's own lifecycle
 //! (against the marketplace devserver on the host, `P2PVPS_MARKET` and `P2PVPS_DEVICE`) on this
 //! storage, with the renter's key requests going through its real socket, as `p2pvps-storage`
 //! sends them. Only the container runtime is the in-memory one: no Docker engine in this VM.
@@ -253,6 +253,46 @@ async fn hotplug() -> Result<()> {
     usb.wipe(VOLUME).await.map_err(s)?;
     usb.verify_wiped(VOLUME).await.map_err(s)?;
     println!("ok: the hot-plugged drive is wiped");
+    Ok(())
+}
+
+/// The drive is pulled out mid-rental (with the volume open and mounted) and plugged back in, where
+/// the kernel names it anew: the wipe at the end finds it again and erases it.
+async fn pulled_drive() -> Result<()> {
+    let disk = usb_disk(Duration::from_secs(30)).await?;
+    let usb = storage(disk.clone()).rediscovering();
+    let mp = usb.prepare(VOLUME).await.map_err(s)?;
+    let canary = new_canary();
+    std::fs::write(mp.join("canary"), &canary).map_err(s)?;
+    println!("canary: {canary}");
+    sync_all();
+    println!("pull the drive");
+    let deadline = Instant::now() + Duration::from_mins(2);
+    while disk.exists() {
+        if Instant::now() >= deadline {
+            return Err(format!("{} never went away", disk.display()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("ok: {} is gone", disk.display());
+    let back = usb_disk(Duration::from_mins(2)).await?;
+    check(
+        back != disk,
+        format!("the drive is back as {}", back.display()),
+    )?;
+    let started = Instant::now();
+    usb.wipe(VOLUME).await.map_err(s)?;
+    usb.verify_wiped(VOLUME).await.map_err(s)?;
+    println!(
+        "measure: wipe after the replug {} ms",
+        started.elapsed().as_millis()
+    );
+    check(
+        !luks::has_header(&back),
+        "no LUKS header on the returned drive",
+    )?;
+    check(!usb.key_path(VOLUME).exists(), "the device key is deleted")?;
+    sync_all();
     Ok(())
 }
 
@@ -542,6 +582,7 @@ async fn main() -> ExitCode {
         "crash-mid-wipe" => crash_mid_wipe().await,
         "resume-wipe" => resume_wipe().await,
         "hotplug" => hotplug().await,
+        "pulled-drive" => pulled_drive().await,
         "bench-wipe" => bench_wipe().await,
         "governor-rent" => governor_rent().await,
         "governor-reboot" => governor_reboot().await,
