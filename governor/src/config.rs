@@ -18,6 +18,9 @@ pub const DEFAULT_SSH_PORT: u16 = 6100;
 pub const DEFAULT_SSH_USER: &str = "sshuser";
 pub const DEFAULT_HEARTBEAT_SECONDS: u64 = 600;
 pub const DEFAULT_RENTER_IMAGE: &str = "p2pvps/renter:latest";
+/// Where the OS image keeps the renter image's tarball: `renterImageTar` defaults to it when it
+/// exists there.
+pub const DEFAULT_RENTER_IMAGE_TAR: &str = "/usr/share/p2pvps/renter-image.tar";
 
 /// Every key the file may hold; anything else is an error (a typo must not pass silently).
 const KEYS: &[&str] = &[
@@ -322,7 +325,11 @@ impl Reader<'_> {
                     Err(self.invalid("renterImageTar", "must be an absolute path".into()))
                 }
             })
-            .transpose()?;
+            .transpose()?
+            .or_else(|| {
+                let default = Path::new(DEFAULT_RENTER_IMAGE_TAR);
+                default.is_file().then(|| default.to_owned())
+            });
         Ok(DeviceConfig {
             device_id,
             server_url,
