@@ -108,8 +108,18 @@ async fn main() -> ExitCode {
     match Path::new(&argv0).file_name().and_then(|n| n.to_str()) {
         Some("p2pvps-storage") => return storage(StorageCli::parse().args).await,
         Some("p2pvps-lease") => {
-            let contact = std::env::args().nth(1).as_deref() == Some("--contact");
-            return lease(Path::new(notices::LEASE_FILE), contact);
+            let arg = std::env::args().nth(1);
+            if matches!(arg.as_deref(), Some("-h" | "--help")) {
+                println!(
+                    "p2pvps-lease: when this rental ends.\n\
+                     p2pvps-lease --contact: the server and port renters log in at (SERVER PORT)."
+                );
+                return ExitCode::SUCCESS;
+            }
+            return lease(
+                Path::new(notices::LEASE_FILE),
+                arg.as_deref() == Some("--contact"),
+            );
         }
         _ => {}
     }

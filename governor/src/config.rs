@@ -186,7 +186,7 @@ impl DeviceConfig {
         );
         line("heartbeat", &format!("{} s", self.heartbeat_seconds));
         let storage = match &self.storage_device {
-            StorageDevice::Auto => "auto (first USB drive)".to_owned(),
+            StorageDevice::Auto => "auto (the largest USB drive)".to_owned(),
             StorageDevice::Path(p) => p.display().to_string(),
             StorageDevice::None => "none (directory on the state partition)".to_owned(),
         };

@@ -325,9 +325,9 @@ impl Hub {
             != Some((&report.state, &report.error))
         {
             if let Some(error) = &report.error {
-                warn!(state = %report.state, %error, "tunnel state");
+                warn!(state = %report.state, %error, "tunnel {}", report.state);
             } else {
-                info!(state = %report.state, "tunnel state");
+                info!(state = %report.state, "tunnel {}", report.state);
             }
         }
         if let Some(f) = &inner.report_file
