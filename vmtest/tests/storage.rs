@@ -30,13 +30,19 @@ fn machine(state: &Path) -> VmBuilder {
         .binary("/usr/bin/partx", "/usr/bin/partx")
 }
 
-/// Boot, run `scenario`, and return the guest's output; panics with the diagnostics if it fails.
-fn boot(builder: VmBuilder, scenario: &str) -> String {
+/// Boot a VM running `scenario`.
+fn start(builder: VmBuilder, scenario: &str) -> (Vm, Instant) {
     let started = Instant::now();
-    let mut vm: Vm = builder
+    let vm = builder
         .args([scenario])
         .start()
         .unwrap_or_else(|e| panic!("{e}"));
+    (vm, started)
+}
+
+/// Wait for `scenario` to end and return the guest's output; panics with the diagnostics if it
+/// failed.
+fn finish(mut vm: Vm, scenario: &str, started: Instant) -> String {
     let code = vm.wait_exit(TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let out = vm.serial_output();
     eprintln!(
@@ -54,6 +60,22 @@ fn boot(builder: VmBuilder, scenario: &str) -> String {
         "{out}"
     );
     out
+}
+
+/// Boot, run `scenario` to its end, and return the guest's output.
+fn boot(builder: VmBuilder, scenario: &str) -> String {
+    let (vm, started) = start(builder, scenario);
+    finish(vm, scenario, started)
+}
+
+/// Neither LUKS header magic (primary, LUKS2 secondary) is anywhere on the drive image.
+fn assert_no_luks_header(usb: &Path) {
+    for magic in [b"LUKS\xba\xbe", b"SKUL\xba\xbe"] {
+        assert!(
+            !file_contains(usb, magic),
+            "a LUKS header survived the wipe"
+        );
+    }
 }
 
 /// Whether `needle` is anywhere in the file (a drive's image, read after the VM is off).
@@ -106,12 +128,7 @@ fn an_encrypted_rental_survives_reboots_with_the_renters_key_and_is_crypto_erase
     assert!(out.contains("ok: no LUKS header on the drive"), "{out}");
     assert!(out.contains("ok: the next volume is empty"), "{out}");
     assert!(!file_contains(&usb, canary.as_bytes()));
-    for magic in [b"LUKS\xba\xbe", b"SKUL\xba\xbe"] {
-        assert!(
-            !file_contains(&usb, magic),
-            "a LUKS header survived the wipe"
-        );
-    }
+    assert_no_luks_header(&usb);
 }
 
 #[test]
@@ -119,22 +136,12 @@ fn a_drive_plugged_in_later_is_found_provisioned_and_wiped() {
     let dir = tempfile::tempdir().unwrap();
     let usb = disk::sparse(&dir.path().join("hot.img"), 256 * MIB).unwrap();
     let state = disk::ext4(&dir.path().join("state.img"), 64 * MIB).unwrap();
-    let started = Instant::now();
-    let mut vm = machine(&state)
-        .args(["hotplug"])
-        .start()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut vm, started) = start(machine(&state), "hotplug");
     vm.wait_for_line("waiting for storage", TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
     vm.usb_attach("hot1", &usb)
         .unwrap_or_else(|e| panic!("{e}"));
-    let code = vm.wait_exit(TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let out = vm.serial_output();
-    eprintln!(
-        "vm-storage hotplug: exit {code}, total {:.1?}",
-        started.elapsed()
-    );
-    assert_eq!(code, 0, "{}", vm.diagnostics());
+    let out = finish(vm, "hotplug", started);
     assert!(out.contains("ok: discovery picked /dev/sda"), "{out}");
     assert!(out.contains("ok: the hot-plugged drive is wiped"), "{out}");
 }
@@ -146,36 +153,20 @@ fn a_drive_pulled_and_plugged_back_is_still_wiped() {
     let dir = tempfile::tempdir().unwrap();
     let usb = disk::sparse(&dir.path().join("usb.img"), 256 * MIB).unwrap();
     let state = disk::ext4(&dir.path().join("state.img"), 64 * MIB).unwrap();
-    let started = Instant::now();
-    let mut vm = machine(&state)
-        .usb_disk("usb1", &usb)
-        .args(["pulled-drive"])
-        .start()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut vm, started) = start(machine(&state).usb_disk("usb1", &usb), "pulled-drive");
     vm.wait_for_line("pull the drive", TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
     vm.usb_detach("usb1").unwrap_or_else(|e| panic!("{e}"));
     vm.usb_attach("usb2", &usb)
         .unwrap_or_else(|e| panic!("{e}"));
-    let code = vm.wait_exit(TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let out = vm.serial_output();
-    eprintln!(
-        "vm-storage pulled-drive: exit {code}, total {:.1?}",
-        started.elapsed()
-    );
-    assert_eq!(code, 0, "{}", vm.diagnostics());
+    let out = finish(vm, "pulled-drive", started);
     assert!(out.contains("ok: the drive is back as /dev/sdb"), "{out}");
     assert!(
         out.contains("ok: no LUKS header on the returned drive"),
         "{out}"
     );
     assert!(!file_contains(&usb, canary(&out).as_bytes()));
-    for magic in [b"LUKS\xba\xbe", b"SKUL\xba\xbe"] {
-        assert!(
-            !file_contains(&usb, magic),
-            "a LUKS header survived the wipe"
-        );
-    }
+    assert_no_luks_header(&usb);
 }
 
 /// `POST /admin/expire/{device}` on the devserver: the lease ends now.
@@ -234,26 +225,12 @@ fn the_governor_rents_out_locks_unlocks_and_crypto_erases_the_drive_across_a_reb
         "plain text on the drive"
     );
 
-    let started = Instant::now();
-    let mut guest = vm()
-        .args(["governor-reboot"])
-        .start()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut guest, started) = start(vm(), "governor-reboot");
     guest
         .wait_for_line("expire me", TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}\n{}", guest.diagnostics()));
     expire(addr, DEVICE);
-    let code = guest.wait_exit(TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let out = guest.serial_output();
-    eprintln!(
-        "vm-storage governor-reboot: exit {code}, total {:.1?}\n{}",
-        started.elapsed(),
-        out.lines()
-            .filter(|l| l.starts_with("ok:"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert_eq!(code, 0, "{}", guest.diagnostics());
+    let out = finish(guest, "governor-reboot", started);
     for want in [
         "ok: locked after the reboot",
         "ok: a wrong passphrase is refused",
