@@ -182,6 +182,7 @@ fn next_wake(lease: &Lease, now: DateTime<Utc>, given: &[Duration]) -> Duration 
 pub async fn keep(socket: PathBuf, lease_file: PathBuf) {
     let mut given: Vec<Duration> = Vec::new();
     let mut last: Option<DateTime<Utc>> = None;
+    let mut saved: Option<Lease> = None;
     loop {
         let Ok(lease) = lease(&socket).await else {
             // Between rentals, or the governor restarting: try again shortly.
@@ -194,8 +195,12 @@ pub async fn keep(socket: PathBuf, lease_file: PathBuf) {
             last = Some(lease.expiration);
         }
         let now = Utc::now();
-        if let Err(e) = write_atomic(&lease_file, &lease.to_wire().to_string()).await {
-            warn!(path = %lease_file.display(), error = %e, "cannot save the lease");
+        // Rewritten only when the governor's answer changes (a new rental, a moved end).
+        if saved.as_ref() != Some(&lease) {
+            match write_atomic(&lease_file, &lease.to_wire().to_string()).await {
+                Ok(()) => saved = Some(lease.clone()),
+                Err(e) => warn!(path = %lease_file.display(), error = %e, "cannot save the lease"),
+            }
         }
         if let Some(n) = due(&lease, now, &mut given) {
             info!(before = %human(n), "telling the renter the rental ends soon");

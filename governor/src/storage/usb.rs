@@ -410,11 +410,16 @@ impl UsbStorage {
     /// Make `<state_dir>/mnt` a mount of its own in a shared peer group (a bind mount of itself).
     fn share_mounts_root(&self) -> Result<(), StorageError> {
         let root = self.mounts_root();
-        if self.mounted_at(&root)?.is_none() {
-            run(
-                "mount",
-                [OsStr::new("--bind"), root.as_os_str(), root.as_os_str()],
-            )?;
+        match self.mounted_at(&root)? {
+            // Every mount and unlock passes here: nothing to run once it is shared.
+            Some(m) if m.shared => return Ok(()),
+            Some(_) => {}
+            None => {
+                run(
+                    "mount",
+                    [OsStr::new("--bind"), root.as_os_str(), root.as_os_str()],
+                )?;
+            }
         }
         run("mount", [OsStr::new("--make-shared"), root.as_os_str()])?;
         Ok(())
