@@ -164,10 +164,6 @@ impl UsbStorage {
         }
     }
 
-    pub fn is_encrypted(&self) -> bool {
-        self.encrypt
-    }
-
     /// The device-mapper name of volume `id`'s opened LUKS2 device.
     pub fn mapper_name(id: &str) -> String {
         format!("p2pvps-{id}")
