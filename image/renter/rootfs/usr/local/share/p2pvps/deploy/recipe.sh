@@ -299,7 +299,36 @@ svc_reload() {
         sshd) /usr/sbin/sshd -t || die "the sshd configuration has errors (sshd -t above)" ;;
     esac
     log "reloading $name"
+    local workers=""
+    if [[ "$name" == nginx ]]; then
+        workers="$(pgrep -P "$pid" || true)"
+    fi
     kill -HUP "$pid"
+    if [[ "$name" == nginx ]]; then
+        nginx_wait_reloaded "$pid" "$workers"
+    fi
+}
+
+# nginx reloads in the background: its master starts workers with the new configuration, then tells
+# the old ones to finish. Returns once the old workers are gone, so that the next request is served
+# with the new configuration (a test's probe right after an install came back with the old one).
+# Usage: nginx_wait_reloaded MASTER_PID OLD_WORKER_PIDS
+nginx_wait_reloaded() {
+    local master="$1" old="$2" now w i stale
+    for ((i = 0; i < 100; i++)); do
+        now=" $(pgrep -P "$master" | tr '\n' ' ' || true)"
+        stale=0
+        for w in $old; do
+            if [[ "$now" == *" $w "* ]]; then
+                stale=1
+            fi
+        done
+        if [[ "$stale" == 0 && "$now" != " " ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "nginx: old workers still finishing requests after 10 s; going on"
 }
 
 # Waits until something accepts TCP connections on 127.0.0.1:PORT. Usage: wait_port PORT [SECONDS]
