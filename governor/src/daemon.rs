@@ -9,6 +9,7 @@ use tracing::{info, warn};
 
 use crate::clock::{Clock as _, SystemClock};
 use crate::config::{ConfigError, DeviceConfig, Led, StorageDevice};
+use crate::engine::{BindEngine, Engine as _};
 use crate::led::{self, Indication, LedHandle, LedOptions};
 use crate::lifecycle::{Lifecycle, LifecycleError, Settings};
 use crate::marketplace::{Marketplace, MarketplaceError};
@@ -38,6 +39,8 @@ pub struct RunOptions {
     pub led_root: PathBuf,
     /// When to tell the renter that the rental ends (before the expiration).
     pub notices: Vec<Duration>,
+    /// Docker's data root and its fallback: the root follows the USB volume (`engine.rs`).
+    pub engine: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +91,7 @@ async fn run_with_led(
         old.shutdown().await;
     }
     let storage_root = opts.state_dir.join("storage");
+    let engine = engine_off_volumes(opts).await;
     let drive = match &config.storage_device {
         StorageDevice::None => None,
         device => {
@@ -148,13 +152,27 @@ async fn run_with_led(
     let store = StateStore::new(&opts.state_dir);
     // One lifecycle type per storage backend.
     if let Some(storage) = usb {
-        let lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings);
+        let mut lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings);
+        if let Some(engine) = engine {
+            lifecycle = lifecycle.with_engine(Arc::new(engine));
+        }
         drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led).await
     } else {
         let storage = DirStorage::new(&storage_root);
         let lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings);
         drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led).await
     }
+}
+
+/// With `--engine-data-root`: the engine, moved to its fallback root first, so that no volume is in
+/// use before the drive is looked for (the lifecycle puts it back on the rental's volume).
+async fn engine_off_volumes(opts: &RunOptions) -> Option<BindEngine> {
+    let (data_root, fallback) = opts.engine.clone()?;
+    let engine = BindEngine::systemd(data_root, fallback);
+    if let Err(e) = engine.detach().await {
+        warn!(error = %e, "cannot move the container engine's data root to its fallback");
+    }
+    Some(engine)
 }
 
 /// Run the lifecycle until `shutdown`, showing its phases on the LED.
@@ -303,6 +321,7 @@ mod tests {
             network: "none".into(),
             led_root: tmp.path().join("leds"),
             notices: Vec::new(),
+            engine: None,
         };
         let e = run(opts, std::future::pending()).await.unwrap_err();
         assert!(matches!(e, DaemonError::Config(_)), "{e}");
@@ -327,6 +346,7 @@ mod tests {
             network: "none".into(),
             led_root: tmp.path().join("leds"),
             notices: Vec::new(),
+            engine: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let watch = async {

@@ -5,6 +5,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod engine;
 pub mod host;
 pub mod led;
 pub mod lifecycle;

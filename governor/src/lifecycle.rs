@@ -10,6 +10,7 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::clock::Clock;
+use crate::engine::Engine;
 use crate::marketplace::{MarketplaceApi, Specs};
 use crate::runtime::{ContainerRuntime, ContainerSpec, Limits};
 use crate::socket::{Hub, LeaseNotice, TunnelEndpoint, TunnelSettings};
@@ -101,7 +103,12 @@ pub struct Lifecycle<M, R, S, C> {
     settings: Settings,
     hub: Hub,
     phase_tx: watch::Sender<Phase>,
+    /// The container engine whose data root follows the rental's volume; None: left where it is.
+    engine: Option<Arc<dyn Engine>>,
 }
+
+/// How often a locked volume is looked at for the renter's unlock.
+const UNLOCK_POLL: Duration = Duration::from_secs(2);
 
 /// What a heartbeat found.
 struct Beat {
@@ -133,7 +140,15 @@ where
             settings,
             hub: Hub::default(),
             phase_tx: watch::Sender::new(Phase::PreparingStorage),
+            engine: None,
         }
+    }
+
+    /// Keep the container engine's data root on the rental's volume (`engine.rs`).
+    #[must_use]
+    pub fn with_engine(mut self, engine: Arc<dyn Engine>) -> Self {
+        self.engine = Some(engine);
+        self
     }
 
     /// Serve tunnel settings (and take reports) through this hub.
@@ -277,6 +292,7 @@ where
     async fn prepare_storage(&self, state: &mut State) -> Result<(), LifecycleError> {
         info!(volume = %state.volume, storage = %self.storage.describe(), "preparing storage");
         let volume = state.volume.clone();
+        self.detach_engine().await;
         self.retry("prepare storage", || self.storage.prepare(&volume))
             .await;
         self.enter(state, Phase::Registering)
@@ -320,20 +336,41 @@ where
             state.container = None;
             self.store.save(state)?;
         }
-        self.retry("renter image", || {
-            self.runtime.ensure_image(&s.image, s.image_tar.as_deref())
-        })
-        .await;
         let volume = state.volume.clone();
         let storage = match self.storage.open(&volume).await {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "the rental's storage is missing; preparing it afresh");
+                self.detach_engine().await;
                 self.retry("prepare storage", || self.storage.prepare(&volume))
                     .await
             }
         };
-        let spec = ContainerSpec {
+        if !self.attach_engine(&volume).await {
+            // Locked: serving makes a stand-in until the renter unlocks.
+            return self.enter(state, Phase::Serving);
+        }
+        self.retry("renter image", || {
+            self.runtime.ensure_image(&s.image, s.image_tar.as_deref())
+        })
+        .await;
+        let spec = self.container_spec(storage);
+        let id = self
+            .retry("create container", || self.runtime.create(&spec))
+            .await;
+        state.container = Some(id.clone());
+        self.store.save(state)?;
+        if !self.add_login(&id, lease(state)).await {
+            // Start over from a fresh container after a pause; the saved id is removed first.
+            self.clock.sleep(s.retry_base * 5).await;
+            return Ok(());
+        }
+        self.enter(state, Phase::Serving)
+    }
+
+    fn container_spec(&self, storage: PathBuf) -> ContainerSpec {
+        let s = &self.settings;
+        ContainerSpec {
             name: s.container_name.clone(),
             image: s.image.clone(),
             cmd: s.cmd.clone(),
@@ -343,25 +380,127 @@ where
             socket_dir: s.socket_dir.clone(),
             network: s.network.clone(),
             limits: s.limits,
-        };
-        let id = self
-            .retry("create container", || self.runtime.create(&spec))
-            .await;
-        state.container = Some(id.clone());
-        self.store.save(state)?;
-        let l = lease(state);
-        if let Err(e) = self
+        }
+    }
+
+    async fn add_login(&self, id: &str, l: &LeaseRecord) -> bool {
+        match self
             .runtime
-            .add_login(&id, &l.username, &l.password_hash)
+            .add_login(id, &l.username, &l.password_hash)
             .await
         {
-            // Start over from a fresh container after a pause; the saved id is removed first.
-            error!(error = %e, "cannot create the renter's login");
-            self.clock.sleep(s.retry_base * 5).await;
-            return Ok(());
+            Ok(()) => {
+                info!(container = %id, username = %l.username, "renter container running");
+                true
+            }
+            Err(e) => {
+                error!(error = %e, "cannot create the renter's login");
+                false
+            }
         }
-        info!(container = %id, username = %l.username, "renter container running");
-        self.enter(state, Phase::Serving)
+    }
+
+    /// With a managed engine, put its data root on volume `volume`. False when the volume is locked
+    /// (the engine is then kept off it).
+    async fn attach_engine(&self, volume: &str) -> bool {
+        let Some(engine) = &self.engine else {
+            return true;
+        };
+        let Some(root) = self.storage.engine_root(volume) else {
+            self.detach_engine().await;
+            return false;
+        };
+        if self
+            .retry("move the container engine onto the volume", || {
+                engine.attach(&root)
+            })
+            .await
+        {
+            info!(%volume, root = %root.display(), "container engine data root on the renter's volume");
+        }
+        true
+    }
+
+    /// With a managed engine, put its data root back on the fallback, off every volume.
+    async fn detach_engine(&self) {
+        let Some(engine) = &self.engine else { return };
+        if self
+            .retry("move the container engine off the volume", || {
+                engine.detach()
+            })
+            .await
+        {
+            info!("container engine data root back on the state partition");
+        }
+    }
+
+    /// The volume is locked (the renter holds its key, and the device rebooted): the engine cannot
+    /// run the renter's container, whose layers are on the volume. A stand-in container from the
+    /// fallback root gives the renter their login, with the locked (empty, read-only) storage, to
+    /// run `p2pvps-storage unlock`; check-ins go on meanwhile. Returns true once unlocked (the
+    /// stand-in is removed: the renter's session ends and their own container starts), false at
+    /// the expiration.
+    async fn serve_locked(&self, state: &mut State) -> Result<bool, LifecycleError> {
+        let s = &self.settings;
+        let volume = state.volume.clone();
+        info!(%volume, "storage locked: serving a stand-in container until the renter unlocks it");
+        let standin = async {
+            for id in self
+                .retry("list containers", || self.runtime.list(s.device.as_str()))
+                .await
+            {
+                self.retry("remove an old stand-in", || {
+                    self.runtime.remove(&id, s.stop_grace)
+                })
+                .await;
+            }
+            self.retry("renter image", || {
+                self.runtime.ensure_image(&s.image, s.image_tar.as_deref())
+            })
+            .await;
+            let placeholder = self
+                .retry("open storage", || self.storage.open(&volume))
+                .await;
+            let spec = self.container_spec(placeholder);
+            let id = self
+                .retry("create the stand-in container", || {
+                    self.runtime.create(&spec)
+                })
+                .await;
+            self.add_login(&id, lease(state)).await;
+            id
+        };
+        let expiration = lease(state).expiration;
+        let standin = tokio::select! {
+            id = standin => Some(id),
+            () = self.clock.sleep_until(expiration) => None,
+        };
+        let mut next_beat = self.clock.now();
+        let unlocked = loop {
+            let expiration = lease(state).expiration;
+            if self.clock.now() >= next_beat {
+                next_beat = self.clock.now() + s.heartbeat;
+                let checked = self.check_in().await;
+                self.record_check_in(state, checked);
+                self.store.save(state)?;
+                continue;
+            }
+            if self.storage.engine_root(&volume).is_some() {
+                info!(%volume, "the renter unlocked the storage; their container replaces the stand-in");
+                break true;
+            }
+            tokio::select! {
+                () = self.clock.sleep_until(expiration) => break false,
+                () = self.clock.sleep(UNLOCK_POLL) => {}
+            }
+        };
+        if let Some(id) = standin {
+            self.retry("remove the stand-in container", || {
+                self.runtime.remove(&id, s.stop_grace)
+            })
+            .await;
+        }
+        Ok(unlocked)
     }
 
     async fn serve(&self, state: &mut State) -> Result<(), LifecycleError> {
@@ -384,6 +523,17 @@ where
                 return self.enter(state, Phase::Expired);
             }
         }
+        if !self.attach_engine(&volume).await {
+            if !self.serve_locked(state).await? {
+                info!("rental expired");
+                return self.enter(state, Phase::Expired);
+            }
+            self.attach_engine(&volume).await;
+        }
+        if state.container.is_none() {
+            return self.enter(state, Phase::Provisioning);
+        }
+        let expiration = lease(state).expiration;
         info!(%expiration, "serving");
         loop {
             let expiration = lease(state).expiration;
@@ -392,23 +542,11 @@ where
                 b = async { self.clock.sleep(delay).await; self.heartbeat(state).await } => Some(b),
             };
             let Some(beat) = beat else { break };
-            let at = self.clock.now();
-            match beat.expiration {
-                Ok(new) => {
-                    if new != expiration {
-                        info!(old = %expiration, new = %new, "the marketplace changed the expiration");
-                        lease_mut(state).expiration = new;
-                        self.publish_lease(state);
-                    }
-                    state.last_heartbeat = Some(Heartbeat { at, error: None });
-                    delay = hb;
-                    backoff.reset();
-                }
-                Err(e) => {
-                    delay = backoff.next_delay();
-                    warn!(error = %e, retry_in = ?delay, %expiration, "heartbeat failed; the rental holds until its expiration");
-                    state.last_heartbeat = Some(Heartbeat { at, error: Some(e) });
-                }
+            if self.record_check_in(state, beat.expiration) {
+                delay = hb;
+                backoff.reset();
+            } else {
+                delay = backoff.next_delay();
             }
             if beat.container_lost {
                 warn!("the renter container is gone; recreating it");
@@ -420,14 +558,41 @@ where
         self.enter(state, Phase::Expired)
     }
 
-    /// Check in, read the expiration, and make sure the container still runs.
-    async fn heartbeat(&self, state: &State) -> Beat {
-        let expiration = async {
+    /// Check in and read the expiration.
+    async fn check_in(&self) -> Result<DateTime<Utc>, String> {
+        async {
             self.market.check_in().await?;
             self.market.expiration().await
         }
         .await
-        .map_err(|e| e.to_string());
+        .map_err(|e| e.to_string())
+    }
+
+    /// Keep a check-in's answer: the new expiration, or the failure. True when it succeeded.
+    fn record_check_in(&self, state: &mut State, checked: Result<DateTime<Utc>, String>) -> bool {
+        let at = self.clock.now();
+        let expiration = lease(state).expiration;
+        match checked {
+            Ok(new) => {
+                if new != expiration {
+                    info!(old = %expiration, new = %new, "the marketplace changed the expiration");
+                    lease_mut(state).expiration = new;
+                    self.publish_lease(state);
+                }
+                state.last_heartbeat = Some(Heartbeat { at, error: None });
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, %expiration, "heartbeat failed; the rental holds until its expiration");
+                state.last_heartbeat = Some(Heartbeat { at, error: Some(e) });
+                false
+            }
+        }
+    }
+
+    /// Check in, read the expiration, and make sure the container still runs.
+    async fn heartbeat(&self, state: &State) -> Beat {
+        let expiration = self.check_in().await;
         let mut container_lost = false;
         if let Some(id) = &state.container {
             match self.runtime.state(id).await {
@@ -462,6 +627,7 @@ where
 
     async fn wipe(&self, state: &mut State) -> Result<(), LifecycleError> {
         let volume = state.volume.clone();
+        self.detach_engine().await;
         info!(%volume, "wiping the renter's storage");
         self.retry("wipe storage", || async {
             self.storage.wipe(&volume).await?;

@@ -119,6 +119,19 @@ async fn prepare_write_wipe_verify_and_the_canary_is_gone() {
     assert_eq!(blkid(&rig.disk.partition(1), "LABEL"), FS_LABEL);
     assert_eq!(blkid(&rig.disk.partition(1), "TYPE"), "ext4");
 
+    // The renter sees only `renter/`; the engine's data root is beside it on the same filesystem,
+    // out of the container's reach.
+    let engine = s.engine_root("v1").expect("an engine root while mounted");
+    assert_eq!(engine, s.volume_point("v1").join("engine"));
+    let dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(p).unwrap());
+    assert_eq!(dev(&engine), dev(&path), "the engine root is on the volume");
+    let seen: Vec<_> = std::fs::read_dir(&path)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(seen.is_empty(), "the renter's view starts empty: {seen:?}");
+
     // The renter writes; open (a resumed rental) gives the same, already mounted, volume.
     let secret = canary();
     write_synced(&path.join("notes.txt"), secret.repeat(100).as_bytes());
@@ -149,6 +162,8 @@ async fn prepare_write_wipe_verify_and_the_canary_is_gone() {
     s.verify_wiped("v1").await.unwrap();
     let verify_took = t.elapsed();
     assert!(mount_source(&path).is_none());
+    assert!(mount_source(&s.volume_point("v1")).is_none());
+    assert!(s.engine_root("v1").is_none());
     assert!(!path.exists(), "the mount point is removed");
     assert!(
         rig.disk.kernel_partitions().is_empty(),
@@ -370,7 +385,7 @@ async fn a_drive_mounted_by_someone_else_is_left_alone() {
         assert!(e.contains("elsewhere"), "{e}");
     }
     assert_eq!(
-        std::fs::read_to_string(elsewhere.join("f")).unwrap(),
+        std::fs::read_to_string(elsewhere.join("renter/f")).unwrap(),
         "renter"
     );
     let st = Command::new("umount").arg(&elsewhere).status().unwrap();

@@ -365,10 +365,14 @@ impl Scan {
                 }
             }
         }
-        let ours = state_dir.join("mnt");
+        // The governor's own mounts: the renter's views and the volumes (usb.rs).
+        let ours = [state_dir.join("mnt"), state_dir.join("vol")];
         let mut foreign: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for m in &graph.mounts {
-            if mountinfo::is_within(&m.target, &ours) {
+            if ours
+                .iter()
+                .any(|root| mountinfo::is_within(&m.target, root))
+            {
                 continue;
             }
             for disk in graph.mount_disks(m) {

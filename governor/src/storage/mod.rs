@@ -11,7 +11,7 @@ pub mod dir;
 pub mod discover;
 pub mod keys;
 pub mod luks;
-mod mountinfo;
+pub(crate) mod mountinfo;
 pub mod usb;
 
 pub use dir::DirStorage;
@@ -79,6 +79,12 @@ pub trait Storage: Send + Sync {
     fn mounts_propagate(&self) -> bool {
         false
     }
+
+    /// Where the container engine's data root goes on volume `id` while it is open (`engine.rs`);
+    /// None for a storage without one, or a volume still locked.
+    fn engine_root(&self, _id: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// One storage shared by the lifecycle and the socket's key requests.
@@ -105,6 +111,10 @@ impl<T: Storage> Storage for std::sync::Arc<T> {
 
     fn mounts_propagate(&self) -> bool {
         (**self).mounts_propagate()
+    }
+
+    fn engine_root(&self, id: &str) -> Option<PathBuf> {
+        (**self).engine_root(id)
     }
 }
 

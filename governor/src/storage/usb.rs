@@ -4,7 +4,10 @@
 //! with one partition spanning the disk, aligned to 1 MiB (2048 LBAs of 512 bytes), named
 //! `p2pvps-storage`. The partition's unique GUID is derived from the volume id (UUID v5): that is how
 //! `open` tells that the drive holds *this* rental's volume and not an older one. ext4 on the partition
-//! (e2fsprogs' mkfs.ext4, label `p2pvps`), mounted at `<state_dir>/mnt/<id>`.
+//! (e2fsprogs' mkfs.ext4, label `p2pvps`), mounted at `<state_dir>/vol/<id>`. It holds `renter/`,
+//! bind-mounted at `<state_dir>/mnt/<id>` (the container's `/media/storage`), and `engine/`, the
+//! container engine's data root during the rental (`engine.rs`): the renter, root in the container,
+//! never sees the engine's files, and both go with the wipe.
 //!
 //! Encrypted mode (the default where the kernel has dm-crypt): LUKS2 on the partition (`luks.rs`),
 //! a random device key in `<state_dir>/keys` (`keys.rs`), ext4 on `/dev/mapper/p2pvps-<id>`. The
@@ -90,6 +93,9 @@ const LOCKED_SOURCE: &str = "p2pvps-locked";
 /// The magic of a LUKS primary header, and of a LUKS2 secondary header.
 const LUKS_MAGIC: &[u8] = b"LUKS\xba\xbe";
 const LUKS_MAGIC2: &[u8] = b"SKUL\xba\xbe";
+/// The volume's directories: what the container sees at `/media/storage`, and the engine's data root.
+const RENTER_DIR: &str = "renter";
+const ENGINE_DIR: &str = "engine";
 
 /// The renter's storage on a whole disk (chosen by [`discover`]).
 #[derive(Debug, Clone)]
@@ -178,9 +184,14 @@ impl UsbStorage {
         &self.disk
     }
 
-    /// Where volume `id` is mounted.
+    /// Where volume `id`'s `renter/` is mounted: the host path of the container's `/media/storage`.
     pub fn mount_point(&self, id: &str) -> PathBuf {
         self.state_dir.join("mnt").join(id)
+    }
+
+    /// Where volume `id`'s filesystem is mounted (out of the container's reach).
+    pub fn volume_point(&self, id: &str) -> PathBuf {
+        self.state_dir.join("vol").join(id)
     }
 
     /// The GPT partition GUID that marks volume `id`.
@@ -276,8 +287,7 @@ impl UsbStorage {
                 fs_dev.as_os_str(),
             ],
         )?;
-        let mount_point = self.mount_point(id);
-        self.mount(&fs_dev, &mount_point)?;
+        let mount_point = self.mount(&fs_dev, id)?;
         info!(
             disk = %self.disk.display(),
             partition = %part.node.display(),
@@ -327,7 +337,7 @@ impl UsbStorage {
                 )));
             }
         }
-        self.mount(&fs_dev, &mount_point)?;
+        self.mount(&fs_dev, id)?;
         info!(mount_point = %mount_point.display(), "storage opened");
         Ok(mount_point)
     }
@@ -381,7 +391,7 @@ impl UsbStorage {
     /// the state partition), and `<state_dir>/mnt` made shared so the unlocked volume mounted later
     /// reaches the running container.
     fn mount_locked(&self, mount_point: &Path) -> Result<(), StorageError> {
-        self.ensure_mount_point(mount_point)?;
+        ensure_mount_point(mount_point)?;
         self.share_mounts_root()?;
         if self.mounted_at(mount_point)?.is_none() {
             run(
@@ -434,9 +444,10 @@ impl UsbStorage {
     /// governor's mounts of this disk.
     fn unmount_volume(&self, info: &DiskInfo, id: &str) -> Result<(), StorageError> {
         self.unmount_ours(info)?;
-        let mount_point = self.mount_point(id);
-        while self.mounted_at(&mount_point)?.is_some() {
-            umount(&mount_point)?;
+        for path in [self.mount_point(id), self.volume_point(id)] {
+            while self.mounted_at(&path)?.is_some() {
+                umount(&path)?;
+            }
         }
         Ok(())
     }
@@ -451,12 +462,13 @@ impl UsbStorage {
         check_id(id)?;
         let info = self.disk_info()?;
         self.unmount_volume(&info, id)?;
-        let mount_point = self.mount_point(id);
-        match std::fs::remove_dir(&mount_point) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                warn!(path = %mount_point.display(), error = %e, "could not remove the mount point");
+        for path in [self.mount_point(id), self.volume_point(id)] {
+            match std::fs::remove_dir(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    warn!(path = %path.display(), error = %e, "could not remove the mount point");
+                }
+                _ => {}
             }
-            _ => {}
         }
         if self.encrypt && stop_after.is_none() {
             return self.crypto_erase(&info, id, cancel);
@@ -537,12 +549,13 @@ impl UsbStorage {
     }
 
     fn verify_blocking(&self, id: &str) -> Result<(), StorageError> {
-        let mount_point = self.mount_point(id);
-        if self.mounted_at(&mount_point)?.is_some() {
-            return Err(StorageError::Residue {
-                path: self.disk.clone(),
-                detail: format!("still mounted at {}", mount_point.display()),
-            });
+        for path in [self.mount_point(id), self.volume_point(id)] {
+            if self.mounted_at(&path)?.is_some() {
+                return Err(StorageError::Residue {
+                    path: self.disk.clone(),
+                    detail: format!("still mounted at {}", path.display()),
+                });
+            }
         }
         let info = self.disk_info()?;
         let file = open_direct(&self.disk, false).map_err(self.io("open for reading"))?;
@@ -693,9 +706,16 @@ impl UsbStorage {
 
     /// `<state_dir>/mnt` as the mount table spells it.
     fn mounts_root(&self) -> PathBuf {
-        std::fs::canonicalize(&self.state_dir)
-            .unwrap_or_else(|_| self.state_dir.clone())
-            .join("mnt")
+        self.canonical_state_dir().join("mnt")
+    }
+
+    /// `<state_dir>/vol` as the mount table spells it.
+    fn volumes_root(&self) -> PathBuf {
+        self.canonical_state_dir().join("vol")
+    }
+
+    fn canonical_state_dir(&self) -> PathBuf {
+        std::fs::canonicalize(&self.state_dir).unwrap_or_else(|_| self.state_dir.clone())
     }
 
     /// What is mounted at `path`, if anything.
@@ -706,17 +726,21 @@ impl UsbStorage {
         Ok(self.read_mounts()?.into_iter().rfind(|m| m.target == path))
     }
 
-    /// Unmount the governor's mounts of this disk (under `<state_dir>/mnt`), deepest last-mounted
-    /// first; refuse if anyone else has it mounted.
+    /// Unmount the governor's mounts of this disk (under `<state_dir>/mnt` and `<state_dir>/vol`),
+    /// last-mounted first; refuse if anyone else has it mounted (the container engine, when its
+    /// data root is still on the volume, among them).
     fn unmount_ours(&self, info: &DiskInfo) -> Result<(), StorageError> {
         let graph = BlockGraph::new(&self.host.sysfs, self.read_mounts()?);
-        let root = self.mounts_root();
+        let roots = [self.mounts_root(), self.volumes_root()];
         let mut ours = Vec::new();
         for m in &graph.mounts {
             if !graph.mount_disks(m).contains(&info.name) {
                 continue;
             }
-            if !mountinfo::is_within(&m.target, &root) {
+            if !roots
+                .iter()
+                .any(|root| mountinfo::is_within(&m.target, root))
+            {
                 return Err(self.device_err(format!(
                     "in use: mounted at {} (not by the governor); unmount it first",
                     m.target.display()
@@ -730,21 +754,44 @@ impl UsbStorage {
         Ok(())
     }
 
-    fn ensure_mount_point(&self, mount_point: &Path) -> Result<(), StorageError> {
-        let root = self.state_dir.join("mnt");
-        std::fs::create_dir_all(&root).map_err(io(&root, "create"))?;
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
-            .map_err(io(&root, "chmod"))?;
-        match std::fs::create_dir(mount_point) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                Err(io(mount_point, "create")(e))
+    /// Mount volume `id`'s filesystem (on `node`) at its volume point unless it is there, and bind
+    /// its `renter/` at the mount point (over the placeholder of a locked volume). Returns the
+    /// mount point.
+    fn mount(&self, node: &Path, id: &str) -> Result<PathBuf, StorageError> {
+        let volume_point = self.volume_point(id);
+        let dev = device_number(node)?;
+        match self.mounted_at(&volume_point)? {
+            Some(m) if m.dev == dev => {}
+            Some(m) => {
+                return Err(self.device_err(format!(
+                    "{} is mounted from another device ({}:{}), not {}",
+                    volume_point.display(),
+                    m.dev.0,
+                    m.dev.1,
+                    node.display()
+                )));
             }
-            _ => Ok(()),
+            None => {
+                ensure_mount_point(&volume_point)?;
+                run(
+                    "mount",
+                    [
+                        OsStr::new("-t"),
+                        OsStr::new("ext4"),
+                        OsStr::new("-o"),
+                        OsStr::new("noatime"),
+                        node.as_os_str(),
+                        volume_point.as_os_str(),
+                    ],
+                )?;
+            }
         }
-    }
-
-    fn mount(&self, node: &Path, mount_point: &Path) -> Result<(), StorageError> {
-        self.ensure_mount_point(mount_point)?;
+        let renter = volume_point.join(RENTER_DIR);
+        ensure_dir(&renter, 0o755)?;
+        // Only root on the host goes in: the engine's layers hold every container's files.
+        ensure_dir(&volume_point.join(ENGINE_DIR), 0o710)?;
+        let mount_point = self.mount_point(id);
+        ensure_mount_point(&mount_point)?;
         if self.encrypt {
             // From the start: the container is bound as a propagation slave only if the root is
             // shared when it is created, and a renter who takes the key will need that after a
@@ -754,15 +801,20 @@ impl UsbStorage {
         run(
             "mount",
             [
-                OsStr::new("-t"),
-                OsStr::new("ext4"),
-                OsStr::new("-o"),
-                OsStr::new("noatime"),
-                node.as_os_str(),
+                OsStr::new("--bind"),
+                renter.as_os_str(),
                 mount_point.as_os_str(),
             ],
         )?;
-        Ok(())
+        Ok(mount_point)
+    }
+
+    /// The engine's data root on volume `id`, while its filesystem is mounted (not while locked).
+    pub fn engine_root(&self, id: &str) -> Option<PathBuf> {
+        let volume_point = self.volume_point(id);
+        let engine = volume_point.join(ENGINE_DIR);
+        (self.mounted_at(&volume_point).ok()??.source != LOCKED_SOURCE && engine.is_dir())
+            .then_some(engine)
     }
 
     /// A GPT with one partition over the whole disk, marked as volume `id`, and its protective MBR.
@@ -1026,6 +1078,10 @@ impl Storage for UsbStorage {
     fn mounts_propagate(&self) -> bool {
         UsbStorage::mounts_propagate(self)
     }
+
+    fn engine_root(&self, id: &str) -> Option<PathBuf> {
+        UsbStorage::engine_root(self, id)
+    }
 }
 
 impl VolumeKeys for UsbStorage {
@@ -1153,8 +1209,7 @@ impl UsbStorage {
             }
         })?;
         let node = self.wait_mapper(id)?;
-        let mount_point = self.mount_point(id);
-        self.mount(&node, &mount_point)?;
+        let mount_point = self.mount(&node, id)?;
         info!(mount_point = %mount_point.display(), "storage unlocked by the renter");
         Ok(mount_point)
     }
@@ -1410,6 +1465,25 @@ fn umount(mount_point: &Path) -> Result<(), StorageError> {
     }
     info!(mount_point = %mount_point.display(), "storage unmounted");
     Ok(())
+}
+
+/// Create a mount point, its parent closed to other users.
+fn ensure_mount_point(mount_point: &Path) -> Result<(), StorageError> {
+    let root = mount_point.parent().unwrap_or(mount_point);
+    std::fs::create_dir_all(root).map_err(io(root, "create"))?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(root, "chmod"))?;
+    ensure_dir(mount_point, 0o755)
+}
+
+/// Create directory `path` with `mode` if it is missing.
+fn ensure_dir(path: &Path, mode: u32) -> Result<(), StorageError> {
+    match std::fs::create_dir(path) {
+        Ok(()) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(io(path, "chmod")),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io(path, "create")(e)),
+    }
 }
 
 /// The `major:minor` of a block device node.
