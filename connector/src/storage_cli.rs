@@ -86,13 +86,24 @@ pub async fn run(args: StorageArgs) -> Result<String, StorageCliError> {
         }
         StorageCommand::Unlock => {
             let passphrase = input.read("Passphrase: ")?;
-            governor::ask(
+            let answer = governor::ask(
                 &args.socket,
                 &json!({"op": "storage-unlock", "passphrase": passphrase}),
             )
             .await?;
-            Ok("Storage unlocked: /media/storage is yours again.".into())
+            Ok(unlocked_message(&answer).into())
         }
+    }
+}
+
+/// What the renter is told after an unlock. Where the engine keeps containers on the volume, the
+/// renter is in a stand-in container until then: their own one replaces it, ending the session.
+fn unlocked_message(answer: &Value) -> &'static str {
+    if answer.get("restarts").and_then(Value::as_bool) == Some(true) {
+        "Storage unlocked. Your own container (its files are on the encrypted storage too) now \
+         replaces this temporary one: this session ends in a few seconds; log in again."
+    } else {
+        "Storage unlocked: /media/storage is yours again."
     }
 }
 
@@ -158,6 +169,15 @@ impl Passphrases {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unlock_that_restarts_the_container_says_the_session_ends() {
+        let restarts = unlocked_message(&json!({"ok": true, "restarts": true}));
+        assert!(restarts.contains("this session ends"), "{restarts}");
+        let stays = unlocked_message(&json!({"ok": true, "restarts": false}));
+        assert!(stays.contains("yours again"), "{stays}");
+        assert_eq!(unlocked_message(&json!({"ok": true})), stays);
+    }
 
     #[test]
     fn status_reads_as_sentences() {

@@ -142,6 +142,9 @@ async fn run_with_led(
     let mut hub = Hub::new(&opts.state_dir);
     if let Some(usb) = &usb {
         hub = hub.with_keys(usb.clone());
+        if engine.is_some() {
+            hub = hub.with_engine_on_volume();
+        }
     }
     let _socket = socket::serve(&socket_dir, hub.clone())?;
     let market = Marketplace::new(&config.server_url, config.device_id.clone())?;

@@ -7,7 +7,8 @@
 //! `{"ok": true}`; `{"op": "sessions", "count": N}` (renter SSH sessions open) -> `{"ok": true}`;
 //! `{"op": "storage-status"}` -> `{"ok": true, "storage": {"encrypted", "holder", "locked"}}`;
 //! `{"op": "storage-set-passphrase", "passphrase": "…", "old": "…"?}` and
-//! `{"op": "storage-unlock", "passphrase": "…"}` -> `{"ok": true}`; `{"op": "lease"}` ->
+//! `{"op": "storage-unlock", "passphrase": "…"}` -> `{"ok": true, "restarts": bool}` (true: the
+//! renter's own container, whose layers are on the volume, replaces the stand-in they are in); `{"op": "lease"}` ->
 //! `{"ok": true, "lease": {"expiration": "RFC 3339", "notices": [seconds before it, …]}}` (the
 //! connector tells the renter). The passphrase crosses the
 //! socket once, is held in memory for the key derivation, and is never logged or stored.
@@ -119,6 +120,8 @@ pub struct Hub {
     /// The storage's key control, where the storage has keys; one request at a time.
     keys: Option<Arc<dyn VolumeKeys>>,
     key_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The engine's data root is on the volume: an unlock brings the renter's own container back.
+    engine_on_volume: bool,
 }
 
 impl std::fmt::Debug for Hub {
@@ -137,6 +140,7 @@ impl Default for Hub {
             sessions: Arc::new(watch::Sender::new(0)),
             keys: None,
             key_lock: Arc::default(),
+            engine_on_volume: false,
         }
     }
 }
@@ -164,6 +168,13 @@ impl Hub {
     #[must_use]
     pub fn with_keys(mut self, keys: Arc<dyn VolumeKeys>) -> Self {
         self.keys = Some(keys);
+        self
+    }
+
+    /// The container engine's data root follows the volume (`engine.rs`).
+    #[must_use]
+    pub fn with_engine_on_volume(mut self) -> Self {
+        self.engine_on_volume = true;
         self
     }
 
@@ -243,6 +254,7 @@ impl Hub {
             (Err(e), _) | (_, Err(e)) => return json!({"ok": false, "error": e}),
         };
         let op = op.to_owned();
+        let restarts = self.engine_on_volume;
         let _one_at_a_time = self.key_lock.lock().await;
         let answer = tokio::task::spawn_blocking(move || match (op.as_str(), passphrase) {
             ("storage-status", _) => keys
@@ -251,7 +263,9 @@ impl Hub {
             ("storage-set-passphrase", Some(p)) => keys
                 .set_passphrase(&volume, &p, old.as_ref())
                 .map(|()| json!({"ok": true})),
-            ("storage-unlock", Some(p)) => keys.unlock(&volume, &p).map(|_| json!({"ok": true})),
+            ("storage-unlock", Some(p)) => keys
+                .unlock(&volume, &p)
+                .map(|_| json!({"ok": true, "restarts": restarts})),
             _ => Ok(json!({"ok": false, "error": "missing \"passphrase\""})),
         })
         .await;
@@ -631,6 +645,23 @@ mod tests {
         )
         .await;
         assert_eq!(a["error"], "no rental in force");
+
+        // An unlock says whether the renter's own container is to replace the one they are in.
+        for (hub, restarts) in [
+            (Hub::new(tmp.path()).with_keys(keys.clone()), false),
+            (
+                Hub::new(tmp.path())
+                    .with_keys(keys.clone())
+                    .with_engine_on_volume(),
+                true,
+            ),
+        ] {
+            hub.set_volume(Some("vol2".into()));
+            let a = hub
+                .respond(r#"{"op": "storage-unlock", "passphrase": "long enough"}"#)
+                .await;
+            assert_eq!(a, json!({"ok": true, "restarts": restarts}));
+        }
 
         // Without a key-managing storage (the directory backend) the requests say so.
         let plain = Hub::new(tmp.path());
