@@ -326,16 +326,6 @@ where
 
     async fn provision(&self, state: &mut State) -> Result<(), LifecycleError> {
         let s = &self.settings;
-        if let Some(old) = state.container.clone() {
-            // A container from an interrupted provisioning may hold a half-made login.
-            info!(container = %old, "replacing the renter container");
-            self.retry("remove container", || {
-                self.runtime.remove(&old, s.stop_grace)
-            })
-            .await;
-            state.container = None;
-            self.store.save(state)?;
-        }
         let volume = state.volume.clone();
         let storage = match self.storage.open(&volume).await {
             Ok(p) => p,
@@ -346,10 +336,30 @@ where
                     .await
             }
         };
+        // The engine first: an old container lives in the data root on the volume.
         if !self.attach_engine(&volume).await {
-            // Locked: serving makes a stand-in until the renter unlocks.
-            return self.enter(state, Phase::Serving);
+            if !self.serve_locked(state).await? {
+                info!("the rental expired while its storage was locked");
+                return self.enter(state, Phase::Expired);
+            }
+            self.attach_engine(&volume).await;
         }
+        // A container from an interrupted provisioning may hold a half-made login; any other of
+        // this device's in this data root would take the container's name.
+        let mut old = self
+            .retry("list containers", || self.runtime.list(s.device.as_str()))
+            .await;
+        old.extend(state.container.take());
+        old.sort();
+        old.dedup();
+        for id in old {
+            info!(container = %id, "replacing the renter container");
+            self.retry("remove container", || {
+                self.runtime.remove(&id, s.stop_grace)
+            })
+            .await;
+        }
+        self.store.save(state)?;
         self.retry("renter image", || {
             self.runtime.ensure_image(&s.image, s.image_tar.as_deref())
         })

@@ -407,6 +407,7 @@ async fn an_interrupted_wipe_finishes_before_any_registration() {
 async fn containers_the_state_does_not_own_are_removed_at_start() {
     let w = World::new(24);
     let orphan = |device: &str| FakeContainer {
+        name: format!("orphan-{device}"),
         device: device.into(),
         image: IMAGE.into(),
         storage: "/nonexistent".into(),

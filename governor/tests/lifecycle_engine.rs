@@ -356,6 +356,39 @@ async fn after_a_reboot_the_engine_returns_to_the_volume_and_restarts_the_same_c
     assert!(w.roots.at(w.volume_root().as_deref()).containers()[&id].running);
 }
 
+/// A reboot while the container was being made (its id saved, the login not yet): after the engine
+/// is back on the volume, that half-made container is replaced, and its name is free for the new one.
+#[tokio::test(start_paused = true)]
+async fn a_half_made_container_on_the_volume_is_replaced_after_a_reboot() {
+    let w = World::new(24);
+    let lc = w.lifecycle();
+    w.drive(&lc, async {
+        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+    })
+    .await;
+    let old = w.state().container.unwrap();
+    let mut state = w.state();
+    state.phase = Phase::Provisioning;
+    StateStore::new(&w.state_dir).save(&state).unwrap();
+    w.reboot().await;
+    let lc = w.lifecycle();
+    w.drive(&lc, async {
+        until(Duration::from_secs(30), || {
+            w.state().phase == Phase::Serving
+        })
+        .await;
+    })
+    .await;
+    let on_volume = w.roots.at(w.volume_root().as_deref()).containers();
+    let new = w.state().container.unwrap();
+    assert_ne!(new, old);
+    assert!(
+        !on_volume.contains_key(&old),
+        "the half-made container is gone"
+    );
+    assert!(on_volume[&new].running && on_volume[&new].login.is_some());
+}
+
 /// The renter holds the key and the device rebooted: the volume (and the container's layers on it)
 /// stays locked, so a stand-in from the fallback root gives the renter a login to unlock; then the
 /// stand-in goes and the renter's own container is back.

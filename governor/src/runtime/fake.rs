@@ -11,6 +11,8 @@ use crate::types::{PasswordHash, Username};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FakeContainer {
+    /// Unique among the runtime's containers, as in Docker.
+    pub name: String,
     pub device: String,
     pub image: String,
     pub storage: PathBuf,
@@ -123,11 +125,19 @@ impl ContainerRuntime for FakeRuntime {
                 reason: "no such image".into(),
             });
         }
+        if inner.containers.values().any(|c| c.name == spec.name) {
+            return Err(RuntimeError::Container {
+                container: spec.name.clone(),
+                action: "create",
+                reason: "409 Conflict: the container name is already in use".into(),
+            });
+        }
         inner.next += 1;
         let id = format!("c{}", inner.next);
         inner.containers.insert(
             id.clone(),
             FakeContainer {
+                name: spec.name.clone(),
                 device: spec.device.clone(),
                 image: spec.image.clone(),
                 storage: spec.storage.clone(),
