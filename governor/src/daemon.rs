@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use crate::clock::{Clock as _, SystemClock};
 use crate::config::{ConfigError, DeviceConfig, Led, StorageDevice};
-use crate::engine::{BindEngine, Engine as _};
+use crate::engine::BindEngine;
 use crate::led::{self, Indication, LedHandle, LedOptions};
 use crate::lifecycle::{Lifecycle, LifecycleError, Settings};
 use crate::marketplace::{Marketplace, MarketplaceError};
@@ -91,12 +91,19 @@ async fn run_with_led(
         old.shutdown().await;
     }
     let storage_root = opts.state_dir.join("storage");
-    let engine = engine_off_volumes(opts).await;
+    let engine = opts
+        .engine
+        .as_ref()
+        .map(|(data_root, fallback)| BindEngine::systemd(data_root, fallback));
     let drive = match &config.storage_device {
         StorageDevice::None => None,
         device => {
             led.show(Indication::WaitingForStorage);
-            let paths = HostPaths::default();
+            let mut paths = HostPaths::default();
+            // The engine's data root may still be bound from the rental's volume (a restart).
+            paths
+                .own_mounts
+                .extend(engine.as_ref().map(|e| e.data_root().to_owned()));
             let disk = tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 d = discover::wait_for(&paths, &opts.state_dir, device, STORAGE_POLL) => d?,
@@ -161,21 +168,15 @@ async fn run_with_led(
         }
         drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led).await
     } else {
+        if engine.is_some() {
+            info!(
+                "storage is a directory (storageDevice none): Docker's data root stays where it is"
+            );
+        }
         let storage = DirStorage::new(&storage_root);
         let lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings);
         drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led).await
     }
-}
-
-/// With `--engine-data-root`: the engine, moved to its fallback root first, so that no volume is in
-/// use before the drive is looked for (the lifecycle puts it back on the rental's volume).
-async fn engine_off_volumes(opts: &RunOptions) -> Option<BindEngine> {
-    let (data_root, fallback) = opts.engine.clone()?;
-    let engine = BindEngine::systemd(data_root, fallback);
-    if let Err(e) = engine.detach().await {
-        warn!(error = %e, "cannot move the container engine's data root to its fallback");
-    }
-    Some(engine)
 }
 
 /// Run the lifecycle until `shutdown`, showing its phases on the LED.

@@ -28,6 +28,9 @@ pub struct HostPaths {
     pub sysfs: PathBuf,
     /// The mount table (`/proc/self/mountinfo`).
     pub mountinfo: PathBuf,
+    /// The governor's own mount points outside the state dir: the container engine's data root,
+    /// bound from a volume (`engine.rs`). A drive mounted there is not someone else's.
+    pub own_mounts: Vec<PathBuf>,
 }
 
 impl Default for HostPaths {
@@ -35,6 +38,7 @@ impl Default for HostPaths {
         Self {
             sysfs: PathBuf::from("/sys"),
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
+            own_mounts: Vec::new(),
         }
     }
 }
@@ -365,8 +369,9 @@ impl Scan {
                 }
             }
         }
-        // The governor's own mounts: the renter's views and the volumes (usb.rs).
-        let ours = [state_dir.join("mnt"), state_dir.join("vol")];
+        // The governor's own mounts: the renter's views and the volumes (usb.rs), the engine's root.
+        let mut ours = vec![state_dir.join("mnt"), state_dir.join("vol")];
+        ours.extend(paths.own_mounts.iter().cloned());
         let mut foreign: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for m in &graph.mounts {
             if ours
@@ -580,6 +585,7 @@ mod tests {
             HostPaths {
                 sysfs: self.sys(),
                 mountinfo,
+                own_mounts: Vec::new(),
             }
         }
 
@@ -845,6 +851,25 @@ mod tests {
         ] {
             assert!(d.reason.contains(want), "{want}: {}", d.reason);
         }
+    }
+
+    #[test]
+    fn the_engine_data_root_on_the_volume_is_the_governors_own() {
+        let mut h = FakeHost::pi();
+        h.usb_disk("sda", (8, 0), 58);
+        h.partition(&usb(0), "sda", 1, (253, 0));
+        h.mount(
+            (253, 0),
+            "/var/lib/p2pvps/vol/v1",
+            "ext4",
+            "/dev/mapper/p2pvps-v1",
+        );
+        h.mount((253, 0), "/var/lib/docker", "ext4", "/dev/mapper/p2pvps-v1");
+        let e = auto(&h).unwrap_err().to_string();
+        assert!(e.contains("mounted at /var/lib/docker"), "{e}");
+        let mut paths = h.paths();
+        paths.own_mounts.push("/var/lib/docker".into());
+        assert_eq!(find_usb(&paths, Path::new(STATE)).unwrap().name, "sda");
     }
 
     #[test]
