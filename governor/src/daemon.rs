@@ -135,17 +135,7 @@ async fn run_with_led(
     });
     let socket_dir = socket::host_dir(&opts.state_dir);
     settings.socket_dir = Some(socket_dir.clone());
-    let usb = drive.map(|disk| {
-        let mut storage = UsbStorage::new(disk.path, &opts.state_dir);
-        if config.storage_device == StorageDevice::Auto {
-            storage = storage.rediscovering();
-        }
-        Arc::new(if encrypt {
-            storage.encrypted(PassphraseKdf::default())
-        } else {
-            storage
-        })
-    });
+    let usb = drive.map(|disk| Arc::new(usb_storage(disk.path, opts, &config, encrypt)));
     let mut hub = Hub::new(&opts.state_dir);
     if let Some(usb) = &usb {
         hub = hub.with_keys(usb.clone());
@@ -177,6 +167,23 @@ async fn run_with_led(
         let lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings);
         drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led).await
     }
+}
+
+/// The storage on the USB drive `disk`, as the config asks.
+fn usb_storage(
+    disk: PathBuf,
+    opts: &RunOptions,
+    config: &DeviceConfig,
+    encrypt: bool,
+) -> UsbStorage {
+    let mut storage = UsbStorage::new(disk, &opts.state_dir);
+    if config.storage_device == StorageDevice::Auto {
+        storage = storage.rediscovering();
+    }
+    if encrypt {
+        storage = storage.encrypted(PassphraseKdf::default());
+    }
+    storage
 }
 
 /// Run the lifecycle until `shutdown`, showing its phases on the LED.
