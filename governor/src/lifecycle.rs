@@ -6,6 +6,11 @@
 //! resumes correctly: an interrupted wipe finishes before a new registration, a live rental keeps its
 //! container, an expired one is ended. Failures of the server, the engine or the storage are retried
 //! with backoff for ever; only a state file that cannot be written stops the governor.
+//!
+//! With an engine whose data root follows the volume (`engine.rs`, on the image), the engine moves
+//! onto the rental's volume before its container is made or started, and off it before a volume is
+//! prepared or wiped. A volume locked by the renter's key (after a reboot) holds the container's
+//! layers too: a stand-in container from the fallback root serves the login until the unlock.
 
 use std::fmt::Display;
 use std::future::Future;
