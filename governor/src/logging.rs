@@ -1,9 +1,19 @@
 //! Logs go to journald under systemd and to stderr elsewhere.
+//!
+//! Under systemd (stderr is a journal stream), each event is one line with its fields after the
+//! message (`wipe storage failed error=… retry_in=1s`) and a `<N>` syslog priority prefix, which
+//! journald reads as the entry's priority: `journalctl -u p2pvps-governor` and the console then show
+//! why something failed, not only that it did.
 
+use std::fmt;
 use std::io::IsTerminal as _;
 
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// hyper, h2 and reqwest log every frame at TRACE/DEBUG: keep them quiet unless asked.
@@ -12,12 +22,23 @@ const DEFAULT_FILTER: &str = "info,hyper=warn,h2=warn,reqwest=warn,bollard=warn,
 pub fn init() {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    // Started by systemd, or on a systemd machine without a terminal to read stderr.
-    let systemd = std::env::var_os("JOURNAL_STREAM").is_some()
-        || (std::path::Path::new("/run/systemd/journal/socket").exists()
-            && !std::io::stderr().is_terminal());
     let registry = tracing_subscriber::registry().with(filter);
-    if systemd && let Ok(journald) = tracing_journald::layer() {
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(false)
+                    .event_format(JournalLine),
+            )
+            .init();
+        return;
+    }
+    // On a systemd machine without a terminal to read stderr (not started by systemd).
+    if std::path::Path::new("/run/systemd/journal/socket").exists()
+        && !std::io::stderr().is_terminal()
+        && let Ok(journald) = tracing_journald::layer()
+    {
         registry.with(journald).init();
         return;
     }
@@ -28,4 +49,77 @@ pub fn init() {
                 .with_ansi(std::io::stderr().is_terminal()),
         )
         .init();
+}
+
+/// `<priority>message field=value…`: journald adds the time, the unit and the process.
+#[derive(Debug, Clone, Copy)]
+pub struct JournalLine;
+
+impl<S, N> FormatEvent<S, N> for JournalLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let priority = match *event.metadata().level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            Level::DEBUG | Level::TRACE => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::JournalLine;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn journal_lines_carry_the_priority_and_the_fields() {
+        let lines = Lines::default();
+        let out = lines.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || out.clone())
+                .with_ansi(false)
+                .event_format(JournalLine),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(error = "umount: target is busy", retry_in = ?std::time::Duration::from_secs(1), "wipe storage failed");
+            tracing::info!(volume = "v1", "storage wiped and verified");
+            tracing::error!("cannot create the renter's login");
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "<4>wipe storage failed error=\"umount: target is busy\" retry_in=1s\n\
+             <6>storage wiped and verified volume=\"v1\"\n\
+             <3>cannot create the renter's login\n"
+        );
+    }
 }
