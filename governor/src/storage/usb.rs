@@ -1457,6 +1457,12 @@ fn has_luks_magic(bytes: &[u8]) -> bool {
 fn umount(mount_point: &Path) -> Result<(), StorageError> {
     let mut tries = 0;
     while let Err(e) = run("umount", [mount_point.as_os_str()]) {
+        // Gone already: a mount under a shared mount is listed once per peer, and unmounting one
+        // copy unmounts the others by propagation.
+        if e.to_string().contains("not mounted") {
+            debug!(mount_point = %mount_point.display(), "already unmounted");
+            return Ok(());
+        }
         if tries >= BUSY_TRIES || !e.to_string().contains("busy") {
             return Err(e);
         }
@@ -1511,6 +1517,14 @@ fn check_id(id: &str) -> Result<(), StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unmounting_what_is_not_mounted_is_done_already() {
+        let dir = tempfile::tempdir().unwrap();
+        umount(dir.path()).unwrap();
+        let e = umount(&dir.path().join("missing")).unwrap_err().to_string();
+        assert!(e.contains("umount"), "{e}");
+    }
 
     #[test]
     fn luks_magics_are_recognised() {
