@@ -6,27 +6,22 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use p2pvps_governor::clock::{Clock as _, TokioClock};
 use p2pvps_governor::lifecycle::{Lifecycle, Settings};
-use p2pvps_governor::marketplace::{FakeMarketplace, Specs};
+use p2pvps_governor::marketplace::FakeMarketplace;
+use p2pvps_governor::runtime::FakeRuntime;
 use p2pvps_governor::runtime::fake::FakeContainer;
-use p2pvps_governor::runtime::{FakeRuntime, Limits};
 use p2pvps_governor::socket::{Hub, TunnelEndpoint};
 use p2pvps_governor::state::{Phase, State, StateStore};
 use p2pvps_governor::storage::{DirStorage, Storage, StorageError};
 use p2pvps_governor::types::DeviceId;
-use tokio::sync::oneshot;
+
+mod common;
+use common::paused::{self, origin, until};
 
 const DEVICE: &str = "5a2608cfd7df9800266a339d";
 const IMAGE: &str = "p2pvps/renter:latest";
 const HOUR: i64 = 3600;
-
-fn origin() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
-        .unwrap()
-        .to_utc()
-}
 
 struct World {
     _tmp: tempfile::TempDir,
@@ -80,18 +75,7 @@ impl World {
         f: impl FnOnce(&mut Settings),
         storage: S,
     ) -> Lifecycle<Arc<FakeMarketplace>, Arc<FakeRuntime>, S, TokioClock> {
-        let specs = Specs {
-            memory: "4000 MB".into(),
-            disk_space: "58 GB".into(),
-            processor: "Cortex-A72 x4".into(),
-            internet_speed: "unmeasured".into(),
-        };
-        let mut settings = Settings::new(
-            DeviceId::parse(device).unwrap(),
-            specs,
-            Limits::for_host(4 << 30, 4),
-        );
-        settings.heartbeat = Duration::from_mins(10);
+        let mut settings = paused::settings(device);
         f(&mut settings);
         Lifecycle::new(
             self.market.clone(),
@@ -135,28 +119,7 @@ impl World {
         lc: &Lifecycle<Arc<FakeMarketplace>, Arc<FakeRuntime>, S, TokioClock>,
         driver: impl Future<Output = ()>,
     ) {
-        let (tx, rx) = oneshot::channel::<()>();
-        let run = lc.run(async {
-            rx.await.ok();
-        });
-        let drive = async {
-            driver.await;
-            tx.send(()).unwrap();
-        };
-        let (r, ()) = tokio::join!(run, drive);
-        r.unwrap();
-    }
-}
-
-/// Sleep (paused clock) until `f` holds, at most `limit`.
-async fn until(limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        paused::drive(lc, driver).await;
     }
 }
 

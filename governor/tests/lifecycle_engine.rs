@@ -8,27 +8,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use p2pvps_governor::clock::TokioClock;
 use p2pvps_governor::engine::{Engine as _, FakeEngine};
-use p2pvps_governor::lifecycle::{Lifecycle, Settings};
-use p2pvps_governor::marketplace::{FakeMarketplace, Specs};
-use p2pvps_governor::runtime::{
-    ContainerRuntime, ContainerSpec, FakeRuntime, Limits, RuntimeError,
-};
+use p2pvps_governor::lifecycle::Lifecycle;
+use p2pvps_governor::marketplace::FakeMarketplace;
+use p2pvps_governor::runtime::{ContainerRuntime, ContainerSpec, FakeRuntime, RuntimeError};
 use p2pvps_governor::state::{Phase, State, StateStore};
 use p2pvps_governor::storage::{DirStorage, Storage, StorageError};
-use p2pvps_governor::types::{DeviceId, PasswordHash, Username};
-use tokio::sync::oneshot;
+use p2pvps_governor::types::{PasswordHash, Username};
+
+mod common;
+use common::paused::{self, origin, until};
 
 const DEVICE: &str = "5a2608cfd7df9800266a339d";
 const IMAGE: &str = "p2pvps/renter:latest";
-
-fn origin() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
-        .unwrap()
-        .to_utc()
-}
 
 /// Containers per data root (None: the fallback), on whichever root the engine is on now.
 struct Roots {
@@ -200,17 +193,7 @@ impl World {
     }
 
     fn lifecycle(&self) -> Lc {
-        let specs = Specs {
-            memory: "4000 MB".into(),
-            disk_space: "58 GB".into(),
-            processor: "Cortex-A72 x4".into(),
-            internet_speed: "unmeasured".into(),
-        };
-        let settings = Settings::new(
-            DeviceId::parse(DEVICE).unwrap(),
-            specs,
-            Limits::for_host(4 << 30, 4),
-        );
+        let settings = paused::settings(DEVICE);
         let storage = Volumes {
             inner: DirStorage::new(self.storage_root()),
             root: self.storage_root(),
@@ -247,16 +230,7 @@ impl World {
 
     /// Run `lc` while `driver` runs; stop it when the driver is done.
     async fn drive(&self, lc: &Lc, driver: impl Future<Output = ()>) {
-        let (tx, rx) = oneshot::channel::<()>();
-        let run = lc.run(async {
-            rx.await.ok();
-        });
-        let drive = async {
-            driver.await;
-            tx.send(()).unwrap();
-        };
-        let (r, ()) = tokio::join!(run, drive);
-        r.unwrap();
+        paused::drive(lc, driver).await;
     }
 
     /// The renter holds the key of the current volume: locked after a reboot.
@@ -272,18 +246,6 @@ impl World {
                 rt.stop_behind_our_back(id);
             }
         }
-    }
-}
-
-/// Sleep (paused clock) until `f` holds, at most `limit`.
-async fn until(limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests that use real components.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod paused;
 pub mod tunnel;
 
 use std::path::Path;
