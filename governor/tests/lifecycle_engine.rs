@@ -233,6 +233,18 @@ impl World {
         paused::drive(lc, driver).await;
     }
 
+    /// Run a governor until it serves a rental, then stop it.
+    async fn serve_then_stop(&self) {
+        let lc = self.lifecycle();
+        self.drive(&lc, async {
+            until(Duration::from_secs(5), || {
+                self.state().phase == Phase::Serving
+            })
+            .await;
+        })
+        .await;
+    }
+
     /// The renter holds the key of the current volume: locked after a reboot.
     fn lock_volume(&self) {
         *self.locked.lock().unwrap() = Some(self.state().volume);
@@ -297,11 +309,7 @@ async fn the_renter_container_lives_on_the_volume_and_the_engine_leaves_it_befor
 #[tokio::test(start_paused = true)]
 async fn after_a_reboot_the_engine_returns_to_the_volume_and_restarts_the_same_container() {
     let w = World::new(24);
-    let lc = w.lifecycle();
-    w.drive(&lc, async {
-        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
-    })
-    .await;
+    w.serve_then_stop().await;
     let id = w.state().container.unwrap();
     w.reboot().await;
     let lc = w.lifecycle();
@@ -323,11 +331,7 @@ async fn after_a_reboot_the_engine_returns_to_the_volume_and_restarts_the_same_c
 #[tokio::test(start_paused = true)]
 async fn a_half_made_container_on_the_volume_is_replaced_after_a_reboot() {
     let w = World::new(24);
-    let lc = w.lifecycle();
-    w.drive(&lc, async {
-        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
-    })
-    .await;
+    w.serve_then_stop().await;
     let old = w.state().container.unwrap();
     let mut state = w.state();
     state.phase = Phase::Provisioning;
@@ -357,11 +361,7 @@ async fn a_half_made_container_on_the_volume_is_replaced_after_a_reboot() {
 #[tokio::test(start_paused = true)]
 async fn a_locked_volume_gets_a_stand_in_until_the_renter_unlocks() {
     let w = World::new(24);
-    let lc = w.lifecycle();
-    w.drive(&lc, async {
-        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
-    })
-    .await;
+    w.serve_then_stop().await;
     let id = w.state().container.unwrap();
     let volume_root = w.volume_root();
     w.reboot().await;
@@ -414,11 +414,7 @@ async fn a_locked_volume_gets_a_stand_in_until_the_renter_unlocks() {
 #[tokio::test(start_paused = true)]
 async fn a_rental_that_expires_while_locked_is_wiped() {
     let w = World::new(1);
-    let lc = w.lifecycle();
-    w.drive(&lc, async {
-        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
-    })
-    .await;
+    w.serve_then_stop().await;
     w.reboot().await;
     w.lock_volume();
     let lc = w.lifecycle();
