@@ -39,10 +39,10 @@ pub type EngineFuture<'a> = Pin<Box<dyn Future<Output = Result<bool, EngineError
 
 /// Where the engine keeps its data. Both calls return `true` when the engine was restarted.
 pub trait Engine: Send + Sync {
-    /// Make `root` (created if missing) the engine's data root.
+    /// Make `root` (an existing directory) the engine's data root.
     fn attach<'a>(&'a self, root: &'a Path) -> EngineFuture<'a>;
 
-    /// Put the data root back on the fallback directory, off any volume.
+    /// Put the data root back on the fallback directory (created if missing), off any volume.
     fn detach(&self) -> EngineFuture<'_>;
 }
 
@@ -128,12 +128,23 @@ impl Inner {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !root.is_dir() {
+            // A volume's root comes with its filesystem: missing, it is not mounted, and a root
+            // made here would put the renter's layers on the state partition.
+            if root != self.fallback {
+                return Err(io(root, "use as the engine's data root")(
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                ));
+            }
             std::fs::create_dir_all(root).map_err(io(root, "create"))?;
             std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o710))
                 .map_err(io(root, "chmod"))?;
         }
         if same_dir(&self.data_root, root)? {
             debug!(root = %root.display(), "the engine's data root is in place");
+            // Started, in case an earlier move failed after the bind.
+            for command in &self.start {
+                run(command)?;
+            }
             return Ok(false);
         }
         info!(

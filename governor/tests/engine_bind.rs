@@ -89,25 +89,27 @@ async fn the_data_root_follows_the_volume_with_one_restart_per_move() {
     let rig = Rig::new();
     let e = &rig.engine;
 
-    // The volume's engine directory is made (root only) and bound at the data root.
+    // A volume's root that is not there (its filesystem not mounted) is refused, not made.
+    let err = e.attach(&rig.volume).await.unwrap_err().to_string();
+    assert!(err.contains("use as the engine's data root"), "{err}");
+    assert_eq!(rig.calls(), "", "the engine was not touched");
+
+    // Bound at the data root, the engine stopped and started around it.
+    std::fs::create_dir_all(&rig.volume).unwrap();
     assert!(e.attach(&rig.volume).await.unwrap(), "moved: restarted");
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&rig.volume).unwrap().permissions(),
-    );
-    assert_eq!(mode & 0o777, 0o710);
     std::fs::write(rig.volume.join("which"), "volume").unwrap();
     assert_eq!(rig.which(), "volume");
     assert_eq!(rig.calls(), "stop\nstart\n");
 
-    // Already there: nothing is restarted.
+    // Already there: not stopped, only started in case it is not running.
     assert!(!e.attach(&rig.volume).await.unwrap());
-    assert_eq!(rig.calls(), "stop\nstart\n");
+    assert_eq!(rig.calls(), "stop\nstart\nstart\n");
 
     // Back to the fallback: the volume's bind is gone, not buried under another mount.
     assert!(e.detach().await.unwrap());
     assert_eq!(rig.which(), "fallback");
     assert_eq!(rig.mounts_at_data_root(), 1);
-    assert_eq!(rig.calls(), "stop\nstart\nstop\nstart\n");
+    assert_eq!(rig.calls(), "stop\nstart\nstart\nstop\nstart\n");
     assert!(!e.detach().await.unwrap());
 
     // And onto the volume again, still one mount deep.
@@ -130,7 +132,21 @@ async fn a_failing_engine_stop_leaves_the_data_root_where_it_was() {
         vec![vec!["false".to_owned()]],
         vec![],
     );
+    std::fs::create_dir_all(&rig.volume).unwrap();
     let e = engine.attach(&rig.volume).await.unwrap_err().to_string();
     assert!(e.contains("`false` failed"), "{e}");
     assert_eq!(rig.mounts_at_data_root(), 0, "nothing was bound");
+}
+
+#[tokio::test]
+async fn a_missing_fallback_is_made_for_root_only() {
+    let rig = Rig::new();
+    let fallback = rig.fallback.join("fresh");
+    let engine = BindEngine::with_commands(&rig.data_root, &fallback, vec![], vec![]);
+    assert!(engine.detach().await.unwrap());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&fallback).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o710);
+    assert_eq!(rig.mounts_at_data_root(), 1);
 }
