@@ -14,11 +14,11 @@ use std::future::Future;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use tracing::{debug, info};
 
+use crate::command::{self, CommandError};
 use crate::storage::mountinfo;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +29,9 @@ pub enum EngineError {
         action: &'static str,
         source: std::io::Error,
     },
-    /// A helper program (systemctl, mount, umount) failed; `detail` has its exit status and stderr.
-    #[error("`{command}` failed: {detail}")]
-    Command { command: String, detail: String },
+    /// A helper program (systemctl, mount, umount) failed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
 }
 
 /// A boxed future, so that the lifecycle holds any engine without another type parameter.
@@ -209,33 +209,12 @@ fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> Engin
     }
 }
 
-/// Run an argument list (never a shell); a failure keeps the command and its stderr.
+/// Run an argument list: its first word is the program.
 fn run(words: &[String]) -> Result<(), EngineError> {
-    let command = words.join(" ");
-    let Some((program, args)) = words.split_first() else {
-        return Ok(());
-    };
-    debug!(%command, "running");
-    let out = Command::new(program)
-        .args(args)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| EngineError::Command {
-            command: command.clone(),
-            detail: format!("could not start it: {e}"),
-        })?;
-    if out.status.success() {
-        return Ok(());
+    if let Some((program, args)) = words.split_first() {
+        command::run(program, args)?;
     }
-    Err(EngineError::Command {
-        command,
-        detail: format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-    })
+    Ok(())
 }
 
 /// A recording engine for the lifecycle's tests: where the root is, and every restart.

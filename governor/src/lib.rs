@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod clock;
+pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod engine;

@@ -44,6 +44,15 @@ pub enum StorageError {
     Refused(String),
 }
 
+impl From<crate::command::CommandError> for StorageError {
+    fn from(e: crate::command::CommandError) -> Self {
+        Self::Command {
+            command: e.command,
+            detail: e.detail,
+        }
+    }
+}
+
 /// The `map_err` of an I/O step on `path`.
 pub(crate) fn io(
     path: &std::path::Path,

@@ -35,13 +35,12 @@
 //! programs get argument lists, never a shell, and their failures keep the command and its stderr.
 
 use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{
     FileExt as _, FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
 };
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -59,6 +58,7 @@ use super::keys::KeyDir;
 use super::luks::{self, PassphraseKdf};
 use super::mountinfo::{self, Mount};
 use super::{KeyHolder, KeyStatus, Storage, StorageError, VolumeKeys, io};
+use crate::command::run;
 use crate::types::Secret;
 
 /// The GPT partition name of a p2pvps volume.
@@ -1409,42 +1409,6 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Run a helper program with an argument list (no shell), in the C locale, stdin closed. The error
-/// keeps the command line, the exit status and stderr.
-fn run<I, S>(program: &str, args: I) -> Result<String, StorageError>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let command = std::iter::once(program.to_owned())
-        .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    debug!(%command, "running");
-    let out = Command::new(program)
-        .args(&args)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| StorageError::Command {
-            command: command.clone(),
-            detail: format!("could not start it ({e}); are util-linux and e2fsprogs installed?"),
-        })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(StorageError::Command {
-            command,
-            detail: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        })
-    }
-}
-
 /// Whether `bytes` hold a LUKS header's magic (primary or LUKS2 secondary).
 fn has_luks_magic(bytes: &[u8]) -> bool {
     bytes
@@ -1464,7 +1428,7 @@ fn umount(mount_point: &Path) -> Result<(), StorageError> {
             return Ok(());
         }
         if tries >= BUSY_TRIES || !e.to_string().contains("busy") {
-            return Err(e);
+            return Err(e.into());
         }
         tries += 1;
         std::thread::sleep(BUSY_PAUSE);
