@@ -14,7 +14,7 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -223,18 +223,24 @@ where
             state.phase = Phase::Expired;
             self.store.save(&state)?;
         }
-        let ours = state.container.clone();
-        let listed = self
-            .retry("list containers", || self.runtime.list(device.as_str()))
+        self.remove_containers(state.container.as_deref(), "the state does not own it")
             .await;
-        for id in listed.into_iter().filter(|id| Some(id) != ours.as_ref()) {
-            warn!(container = %id, "removing a renter container the state does not own");
-            self.retry("remove orphan container", || {
+        Ok(state)
+    }
+
+    /// Remove this device's containers in the engine's data root, all but `keep`, saying `why`.
+    async fn remove_containers(&self, keep: Option<&str>, why: &str) {
+        let device = self.settings.device.as_str();
+        let listed = self
+            .retry("list containers", || self.runtime.list(device))
+            .await;
+        for id in listed.into_iter().filter(|id| Some(id.as_str()) != keep) {
+            warn!(container = %id, "removing a renter container: {why}");
+            self.retry("remove container", || {
                 self.runtime.remove(&id, self.settings.stop_grace)
             })
             .await;
         }
-        Ok(state)
     }
 
     async fn step(&self, state: &mut State) -> Result<(), LifecycleError> {
@@ -342,28 +348,14 @@ where
             }
         };
         // The engine first: an old container lives in the data root on the volume.
-        if !self.attach_engine(&volume).await {
-            if !self.serve_locked(state).await? {
-                info!("the rental expired while its storage was locked");
-                return self.enter(state, Phase::Expired);
-            }
-            self.attach_engine(&volume).await;
+        if !self.engine_on_volume(state, &storage).await? {
+            return self.enter(state, Phase::Expired);
         }
-        // A container from an interrupted provisioning may hold a half-made login; any other of
-        // this device's in this data root would take the container's name.
-        let mut old = self
-            .retry("list containers", || self.runtime.list(s.device.as_str()))
+        // A container from an interrupted provisioning may hold a half-made login, and would take
+        // the new one's name.
+        self.remove_containers(None, "replaced by a fresh one")
             .await;
-        old.extend(state.container.take());
-        old.sort();
-        old.dedup();
-        for id in old {
-            info!(container = %id, "replacing the renter container");
-            self.retry("remove container", || {
-                self.runtime.remove(&id, s.stop_grace)
-            })
-            .await;
-        }
+        state.container = None;
         self.store.save(state)?;
         self.retry("renter image", || {
             self.runtime.ensure_image(&s.image, s.image_tar.as_deref())
@@ -436,6 +428,26 @@ where
         true
     }
 
+    /// With a managed engine, put its data root on the rental's volume, opened at `storage`; while
+    /// the volume is locked, serve a stand-in until the unlock. False when the rental expired
+    /// meanwhile.
+    async fn engine_on_volume(
+        &self,
+        state: &mut State,
+        storage: &Path,
+    ) -> Result<bool, LifecycleError> {
+        let volume = state.volume.clone();
+        if self.attach_engine(&volume).await {
+            return Ok(true);
+        }
+        if !self.serve_locked(state, storage).await? {
+            info!("the rental expired while its storage was locked");
+            return Ok(false);
+        }
+        self.attach_engine(&volume).await;
+        Ok(true)
+    }
+
     /// With a managed engine, put its data root back on the fallback, off every volume.
     async fn detach_engine(&self) {
         let Some(engine) = &self.engine else { return };
@@ -455,28 +467,21 @@ where
     /// run `p2pvps-storage unlock`; check-ins go on meanwhile. Returns true once unlocked (the
     /// stand-in is removed: the renter's session ends and their own container starts), false at
     /// the expiration.
-    async fn serve_locked(&self, state: &mut State) -> Result<bool, LifecycleError> {
+    async fn serve_locked(
+        &self,
+        state: &mut State,
+        placeholder: &Path,
+    ) -> Result<bool, LifecycleError> {
         let s = &self.settings;
         let volume = state.volume.clone();
         info!(%volume, "storage locked: serving a stand-in container until the renter unlocks it");
         let standin = async {
-            for id in self
-                .retry("list containers", || self.runtime.list(s.device.as_str()))
-                .await
-            {
-                self.retry("remove an old stand-in", || {
-                    self.runtime.remove(&id, s.stop_grace)
-                })
-                .await;
-            }
+            self.remove_containers(None, "an old stand-in").await;
             self.retry("renter image", || {
                 self.runtime.ensure_image(&s.image, s.image_tar.as_deref())
             })
             .await;
-            let placeholder = self
-                .retry("open storage", || self.storage.open(&volume))
-                .await;
-            let spec = self.container_spec(placeholder);
+            let spec = self.container_spec(placeholder.to_owned());
             let id = self
                 .retry("create the stand-in container", || {
                     self.runtime.create(&spec)
@@ -531,19 +536,15 @@ where
         // After a restart (a reboot above all) the volume must be mounted again before the first
         // heartbeat starts the stopped container: its bind would show the bare mount point.
         let volume = state.volume.clone();
-        tokio::select! {
-            _ = self.retry("open storage", || self.storage.open(&volume)) => {}
+        let storage = tokio::select! {
+            p = self.retry("open storage", || self.storage.open(&volume)) => p,
             () = self.clock.sleep_until(expiration) => {
                 info!("rental expired");
                 return self.enter(state, Phase::Expired);
             }
-        }
-        if !self.attach_engine(&volume).await {
-            if !self.serve_locked(state).await? {
-                info!("rental expired");
-                return self.enter(state, Phase::Expired);
-            }
-            self.attach_engine(&volume).await;
+        };
+        if !self.engine_on_volume(state, &storage).await? {
+            return self.enter(state, Phase::Expired);
         }
         if state.container.is_none() {
             return self.enter(state, Phase::Provisioning);
