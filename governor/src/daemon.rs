@@ -314,26 +314,32 @@ mod tests {
         }
     }
 
+    /// Options for a governor in `tmp` whose board LED is `tmp/leds/ACT`, made with `triggers`;
+    /// returns that LED's directory too.
+    fn board_led_opts(tmp: &Path, triggers: &str) -> (RunOptions, PathBuf) {
+        let act = tmp.join("leds/ACT");
+        std::fs::create_dir_all(&act).unwrap();
+        std::fs::write(act.join("trigger"), triggers).unwrap();
+        std::fs::write(act.join("brightness"), "0").unwrap();
+        std::fs::write(act.join("max_brightness"), "1").unwrap();
+        let opts = RunOptions {
+            config: tmp.join("device-config.json"),
+            state_dir: tmp.join("state"),
+            container_name: "unused".into(),
+            network: "none".into(),
+            led_root: tmp.join("leds"),
+            notices: Vec::new(),
+            engine: None,
+        };
+        (opts, act)
+    }
+
     /// The governor exits on a bad config; the board LED keeps saying so, driven by the kernel.
     #[tokio::test]
     async fn an_invalid_config_leaves_the_kernel_blinking_the_board_led() {
         let tmp = tempfile::tempdir().unwrap();
-        let act = tmp.path().join("leds/ACT");
-        std::fs::create_dir_all(&act).unwrap();
-        std::fs::write(act.join("trigger"), "none [mmc0] timer heartbeat").unwrap();
-        std::fs::write(act.join("brightness"), "0").unwrap();
-        std::fs::write(act.join("max_brightness"), "1").unwrap();
-        let config = tmp.path().join("device-config.json");
-        std::fs::write(&config, r#"{"deviceId": "not hex"}"#).unwrap();
-        let opts = RunOptions {
-            config,
-            state_dir: tmp.path().join("state"),
-            container_name: "unused".into(),
-            network: "none".into(),
-            led_root: tmp.path().join("leds"),
-            notices: Vec::new(),
-            engine: None,
-        };
+        let (opts, act) = board_led_opts(tmp.path(), "none [mmc0] timer heartbeat");
+        std::fs::write(&opts.config, r#"{"deviceId": "not hex"}"#).unwrap();
         let e = run(opts, std::future::pending()).await.unwrap_err();
         assert!(matches!(e, DaemonError::Config(_)), "{e}");
         let read = |f: &str| std::fs::read_to_string(act.join(f)).unwrap();
@@ -345,20 +351,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_config_blinks_no_config_on_the_board_led_until_stopped() {
         let tmp = tempfile::tempdir().unwrap();
-        let act = tmp.path().join("leds/ACT");
-        std::fs::create_dir_all(&act).unwrap();
-        std::fs::write(act.join("trigger"), "none [mmc0] heartbeat").unwrap();
-        std::fs::write(act.join("brightness"), "0").unwrap();
-        std::fs::write(act.join("max_brightness"), "1").unwrap();
-        let opts = RunOptions {
-            config: tmp.path().join("device-config.json"),
-            state_dir: tmp.path().join("state"),
-            container_name: "unused".into(),
-            network: "none".into(),
-            led_root: tmp.path().join("leds"),
-            notices: Vec::new(),
-            engine: None,
-        };
+        let (opts, act) = board_led_opts(tmp.path(), "none [mmc0] heartbeat");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let watch = async {
             // NoConfig: two 300 ms blinks then a pause; sample both states within 3 s.
