@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use super::{Storage, StorageError};
+use super::{Storage, StorageError, io};
 
 #[derive(Debug, Clone)]
 pub struct DirStorage {
@@ -17,15 +17,6 @@ impl DirStorage {
 
     fn path(&self, id: &str) -> PathBuf {
         self.root.join(id)
-    }
-}
-
-fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> StorageError {
-    let path = path.to_owned();
-    move |source| StorageError::Io {
-        path,
-        action,
-        source,
     }
 }
 
