@@ -194,6 +194,11 @@ impl UsbStorage {
         self.state_dir.join("vol").join(id)
     }
 
+    /// Both places volume `id` is mounted: the renter's view first (it is mounted last).
+    fn mount_points(&self, id: &str) -> [PathBuf; 2] {
+        [self.mount_point(id), self.volume_point(id)]
+    }
+
     /// The GPT partition GUID that marks volume `id`.
     pub fn volume_guid(id: &str) -> Uuid {
         Uuid::new_v5(&NAMESPACE, id.as_bytes())
@@ -444,7 +449,7 @@ impl UsbStorage {
     /// governor's mounts of this disk.
     fn unmount_volume(&self, info: &DiskInfo, id: &str) -> Result<(), StorageError> {
         self.unmount_ours(info)?;
-        for path in [self.mount_point(id), self.volume_point(id)] {
+        for path in self.mount_points(id) {
             while self.mounted_at(&path)?.is_some() {
                 umount(&path)?;
             }
@@ -462,7 +467,7 @@ impl UsbStorage {
         check_id(id)?;
         let info = self.disk_info()?;
         self.unmount_volume(&info, id)?;
-        for path in [self.mount_point(id), self.volume_point(id)] {
+        for path in self.mount_points(id) {
             match std::fs::remove_dir(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     warn!(path = %path.display(), error = %e, "could not remove the mount point");
@@ -549,7 +554,7 @@ impl UsbStorage {
     }
 
     fn verify_blocking(&self, id: &str) -> Result<(), StorageError> {
-        for path in [self.mount_point(id), self.volume_point(id)] {
+        for path in self.mount_points(id) {
             if self.mounted_at(&path)?.is_some() {
                 return Err(StorageError::Residue {
                     path: self.disk.clone(),
@@ -813,8 +818,7 @@ impl UsbStorage {
     pub fn engine_root(&self, id: &str) -> Option<PathBuf> {
         let volume_point = self.volume_point(id);
         let engine = volume_point.join(ENGINE_DIR);
-        (self.mounted_at(&volume_point).ok()??.source != LOCKED_SOURCE && engine.is_dir())
-            .then_some(engine)
+        (self.mounted_at(&volume_point).ok()?.is_some() && engine.is_dir()).then_some(engine)
     }
 
     /// A GPT with one partition over the whole disk, marked as volume `id`, and its protective MBR.
