@@ -1,6 +1,6 @@
 //! The `p2pvps-connector` command: reads the tunnel settings, keeps the tunnel up until SIGTERM or
-//! SIGINT, and maps errors to exit codes. Called as `p2pvps-storage` (a link to it in the renter
-//! image), it is the renter's storage key tool.
+//! SIGINT, and maps errors to exit codes. Called as `p2pvps-storage` or `p2pvps-lease` (links to it
+//! in the renter image), it is the renter's storage key tool or tells when the rental ends.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,20 +41,31 @@ enum Command {
     /// The renter's storage key (installed as `p2pvps-storage` too).
     Storage(StorageArgs),
     /// When the rental ends (installed as `p2pvps-lease` too).
-    Lease {
-        #[arg(long, default_value = notices::LEASE_FILE)]
-        file: PathBuf,
-        /// Print the server and port renters log in at instead (`SERVER PORT`).
-        #[arg(long)]
-        contact: bool,
-    },
+    Lease(LeaseArgs),
+}
+
+#[derive(clap::Args)]
+struct LeaseArgs {
+    #[arg(long, default_value = notices::LEASE_FILE)]
+    file: PathBuf,
+    /// Print the server and port renters log in at instead (`SERVER PORT`).
+    #[arg(long)]
+    contact: bool,
+}
+
+/// `p2pvps-lease ARGS`, the renter's name for `p2pvps-connector lease ARGS`.
+#[derive(Parser)]
+#[command(name = "p2pvps-lease", version, about = "When this rental ends")]
+struct LeaseCli {
+    #[command(flatten)]
+    args: LeaseArgs,
 }
 
 /// `p2pvps-lease [--contact]`: when the rental ends, or (`--contact`) the server and port renters
 /// log in at, as `SERVER PORT` (from the file the connector keeps: any user may ask).
-fn lease(path: &Path, contact: bool) -> ExitCode {
-    match notices::saved_lease(path) {
-        Ok(l) if contact => {
+fn lease(args: &LeaseArgs) -> ExitCode {
+    match notices::saved_lease(&args.file) {
+        Ok(l) if args.contact => {
             if let Some((server, port)) = l.contact {
                 println!("{server} {port}");
                 ExitCode::SUCCESS
@@ -107,26 +118,13 @@ async fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     match Path::new(&argv0).file_name().and_then(|n| n.to_str()) {
         Some("p2pvps-storage") => return storage(StorageCli::parse().args).await,
-        Some("p2pvps-lease") => {
-            let arg = std::env::args().nth(1);
-            if matches!(arg.as_deref(), Some("-h" | "--help")) {
-                println!(
-                    "p2pvps-lease: when this rental ends.\n\
-                     p2pvps-lease --contact: the server and port renters log in at (SERVER PORT)."
-                );
-                return ExitCode::SUCCESS;
-            }
-            return lease(
-                Path::new(notices::LEASE_FILE),
-                arg.as_deref() == Some("--contact"),
-            );
-        }
+        Some("p2pvps-lease") => return lease(&LeaseCli::parse().args),
         _ => {}
     }
     logging::init();
     match Cli::parse().command {
         Command::Storage(args) => storage(args).await,
-        Command::Lease { file, contact } => lease(&file, contact),
+        Command::Lease(args) => lease(&args),
         Command::Tunnel { settings } => {
             let settings = match TunnelSettings::load(&settings) {
                 Ok(s) => s,
