@@ -337,14 +337,7 @@ async fn a_half_made_container_on_the_volume_is_replaced_after_a_reboot() {
     state.phase = Phase::Provisioning;
     StateStore::new(&w.state_dir).save(&state).unwrap();
     w.reboot().await;
-    let lc = w.lifecycle();
-    w.drive(&lc, async {
-        until(Duration::from_secs(30), || {
-            w.state().phase == Phase::Serving
-        })
-        .await;
-    })
-    .await;
+    w.serve_then_stop().await;
     let on_volume = w.roots.at(w.volume_root().as_deref()).containers();
     let new = w.state().container.unwrap();
     assert_ne!(new, old);
