@@ -96,6 +96,15 @@ fn renter_files(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Flush every filesystem to its device (busybox `sync`) before the VM powers off.
+/// Wipe and verify the volume, printing how long it took as `measure: WHAT N ms`.
+async fn wipe_and_verify(usb: &UsbStorage, what: &str) -> Result<()> {
+    let started = Instant::now();
+    usb.wipe(VOLUME).await.map_err(s)?;
+    usb.verify_wiped(VOLUME).await.map_err(s)?;
+    println!("measure: {what} {} ms", started.elapsed().as_millis());
+    Ok(())
+}
+
 fn sync_all() {
     let _ = std::process::Command::new("sync").status();
 }
@@ -221,13 +230,7 @@ async fn crash_mid_wipe() -> Result<()> {
 async fn resume_wipe() -> Result<()> {
     let disk = usb_disk(Duration::from_secs(30)).await?;
     let usb = storage(disk.clone());
-    let started = Instant::now();
-    usb.wipe(VOLUME).await.map_err(s)?;
-    usb.verify_wiped(VOLUME).await.map_err(s)?;
-    println!(
-        "measure: resumed wipe + verify {} ms",
-        started.elapsed().as_millis()
-    );
+    wipe_and_verify(&usb, "resumed wipe + verify").await?;
     check(!luks::has_header(&disk), "no LUKS header on the drive")?;
     let part = PathBuf::from(format!("{}1", disk.display()));
     check(!part.exists(), "the partition is gone")?;
@@ -250,8 +253,7 @@ async fn hotplug() -> Result<()> {
     let usb = storage(disk);
     let mp = usb.prepare(VOLUME).await.map_err(s)?;
     check(mp.exists(), "the hot-plugged drive is provisioned")?;
-    usb.wipe(VOLUME).await.map_err(s)?;
-    usb.verify_wiped(VOLUME).await.map_err(s)?;
+    wipe_and_verify(&usb, "wipe of the hot-plugged drive").await?;
     println!("ok: the hot-plugged drive is wiped");
     Ok(())
 }
@@ -280,13 +282,7 @@ async fn pulled_drive() -> Result<()> {
         back != disk,
         format!("the drive is back as {}", back.display()),
     )?;
-    let started = Instant::now();
-    usb.wipe(VOLUME).await.map_err(s)?;
-    usb.verify_wiped(VOLUME).await.map_err(s)?;
-    println!(
-        "measure: wipe after the replug {} ms",
-        started.elapsed().as_millis()
-    );
+    wipe_and_verify(&usb, "wipe after the replug").await?;
     check(
         !luks::has_header(&back),
         "no LUKS header on the returned drive",
