@@ -1,6 +1,6 @@
 //! The governor's Unix socket, as seen from inside the container (`/run/p2pvps/governor.sock`):
-//! one JSON object per line each way. The connector asks for its tunnel settings and reports the
-//! tunnel's state; the governor's side is `governor/src/socket.rs`.
+//! one JSON object per line each way. The connector reports the renter's sessions and reads the
+//! lease; the governor's side is `governor/src/socket.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,12 +8,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
-use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::settings::TunnelSettings;
-use crate::state::TunnelState;
-use p2pvps_common::Backoff;
 
 /// Where the governor's socket is mounted in the renter's container.
 pub const DEFAULT_SOCKET: &str = "/run/p2pvps/governor.sock";
@@ -99,33 +95,6 @@ pub async fn ask(path: &Path, request: &Value) -> Result<Value, GovernorError> {
     }
 }
 
-/// The tunnel settings from the governor, asked again (with backoff) until it has them: the
-/// container may start before the governor's socket is up.
-pub async fn tunnel_settings(path: &Path) -> TunnelSettings {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    loop {
-        let result = ask(path, &json!({"op": "tunnel-settings"}))
-            .await
-            .and_then(|answer| {
-                let settings = answer.get("settings").cloned().unwrap_or(Value::Null);
-                serde_json::from_value::<TunnelSettings>(settings).map_err(|e| {
-                    GovernorError::BadAnswer {
-                        path: path.to_owned(),
-                        reason: e.to_string(),
-                    }
-                })
-            });
-        match result {
-            Ok(settings) => return settings,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                warn!(error = %e, retry_in = ?delay, "no tunnel settings from the governor yet");
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-}
-
 /// Counts the renters' SSH sessions in the container every `interval` and tells the governor when
 /// the number changes (its LED shows "renter connected").
 pub async fn report_sessions(path: PathBuf, proc_dir: PathBuf, interval: Duration) {
@@ -161,31 +130,4 @@ pub fn count_sessions(proc_dir: &Path) -> usize {
             cmd.starts_with("sshd: ") && cmd.trim_end_matches('\0').ends_with(" [priv]")
         })
         .count()
-}
-
-/// Sends the latest tunnel state to the governor whenever it changes, and again after a failed
-/// send (only the newest state matters).
-pub async fn report_states(path: PathBuf, mut states: watch::Receiver<Option<TunnelState>>) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        let state = states.borrow_and_update().clone();
-        if let Some(state) = state {
-            let request = json!({"op": "tunnel-state", "state": state});
-            match ask(&path, &request).await {
-                Ok(_) => {
-                    debug!(%state, "reported to the governor");
-                    backoff.reset();
-                }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    warn!(error = %e, "cannot report the tunnel state to the governor");
-                    tokio::time::sleep(delay).await;
-                    continue;
-                }
-            }
-        }
-        if states.changed().await.is_err() {
-            return;
-        }
-    }
 }

@@ -15,7 +15,7 @@ use tracing::{error, info};
 #[derive(Parser)]
 #[command(
     version,
-    about = "P2P VPS connector: keeps the renter container's reverse SSH tunnel up"
+    about = "P2P VPS connector: the renter container's sshd and the device's reverse SSH tunnel"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,14 +24,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Keep the reverse SSH tunnel to the marketplace's endpoint up.
+    /// Keep the reverse SSH tunnel to the marketplace's endpoint up. The governor runs it on the
+    /// host, outside the renter's container, with the settings on stdin.
     Tunnel {
         /// The settings JSON: a file, or `-` for stdin (secrets never go through the environment).
         #[arg(long)]
         settings: PathBuf,
+        /// Print each state change as one JSON line on stdout (for the governor).
+        #[arg(long)]
+        report_json: bool,
     },
-    /// The renter container's main process: host keys, sshd, and the tunnel with settings from
-    /// the governor's socket.
+    /// The renter container's main process: host keys, sshd, the session count and the expiry
+    /// notices (the tunnel runs outside the container).
     Serve {
         #[arg(long, default_value = governor::DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -125,7 +129,10 @@ async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Storage(args) => storage(args).await,
         Command::Lease(args) => lease(&args),
-        Command::Tunnel { settings } => {
+        Command::Tunnel {
+            settings,
+            report_json,
+        } => {
             let settings = match TunnelSettings::load(&settings) {
                 Ok(s) => s,
                 Err(e) => {
@@ -134,6 +141,12 @@ async fn main() -> ExitCode {
                 }
             };
             let report = |state| match serde_json::to_string(&state) {
+                Ok(json) if report_json => {
+                    use std::io::Write as _;
+                    let mut out = std::io::stdout().lock();
+                    // The governor reading this went away: it stops the tunnel too.
+                    let _ = writeln!(out, "{json}").and_then(|()| out.flush());
+                }
                 Ok(json) => info!(state = %json, "tunnel state changed"),
                 Err(e) => error!(error = %e, "cannot serialise the tunnel state"),
             };

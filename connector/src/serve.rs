@@ -1,7 +1,8 @@
 //! `p2pvps-connector serve`: the renter container's main process (under Docker's init, which reaps
 //! zombies and forwards SIGTERM). It makes the container's SSH host keys on first start (never baked
-//! into the image), keeps sshd running, fetches the tunnel settings from the governor and keeps the
-//! tunnel up, reporting its state back; and tells the renter when the rental ends (`notices`).
+//! into the image), keeps sshd running, reports the renter's sessions to the governor, and tells
+//! the renter when the rental ends (`notices`). The tunnel is not here: the governor runs it on the
+//! host, so its credential is never in the renter's reach (DESIGN.md §9).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,7 +12,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::{governor, notices, tunnel};
+use crate::{governor, notices};
 use p2pvps_common::Backoff;
 
 #[derive(Debug, Clone)]
@@ -41,9 +42,6 @@ pub async fn serve(
     login_records();
     let (stop_tx, stop_rx) = watch::channel(false);
     let sshd = tokio::spawn(keep_sshd(opts.sshd.clone(), stop_rx.clone()));
-
-    let (state_tx, state_rx) = watch::channel(None);
-    let reporter = tokio::spawn(governor::report_states(opts.socket.clone(), state_rx));
     let sessions = tokio::spawn(governor::report_sessions(
         opts.socket.clone(),
         "/proc".into(),
@@ -53,35 +51,10 @@ pub async fn serve(
         opts.socket.clone(),
         notices::LEASE_FILE.into(),
     ));
-    let work = async {
-        let mut stop = stop_rx.clone();
-        let settings = tokio::select! {
-            s = governor::tunnel_settings(&opts.socket) => s,
-            () = stopped(&mut stop) => return,
-        };
-        info!(endpoint = %settings.endpoint(), "tunnel settings received");
-        tunnel::run(
-            settings,
-            |state| {
-                state_tx.send_replace(Some(state));
-            },
-            async move { stopped(&mut stop).await },
-        )
-        .await;
-    };
-    tokio::pin!(work);
-    tokio::select! {
-        () = shutdown => {
-            info!("stopping");
-            stop_tx.send_replace(true);
-            // The tunnel says goodbye to the endpoint so the port is free for the next rental.
-            let _ = tokio::time::timeout(Duration::from_secs(3), &mut work).await;
-        }
-        () = &mut work => {}
-    }
+    shutdown.await;
+    info!("stopping");
     stop_tx.send_replace(true);
     let _ = sshd.await;
-    reporter.abort();
     sessions.abort();
     notices.abort();
     Ok(())

@@ -10,6 +10,8 @@ use std::time::Duration;
 use crate::config::{DeviceConfig, StorageDevice};
 use crate::marketplace::{Marketplace, MarketplaceApi as _};
 use crate::runtime::{ContainerRuntime as _, DockerRuntime};
+use crate::sandbox::NftFirewall;
+use crate::state::StateStore;
 use crate::storage::discover::{self, HostPaths};
 
 /// Where the checks look; tests point these at temp dirs.
@@ -104,6 +106,7 @@ pub async fn run(config_path: &Path, env: &CheckEnv) -> Vec<Line> {
     )];
     lines.push(clock(env));
     lines.extend(docker(&config).await);
+    lines.push(sandbox(env));
     lines.push(storage(&config, env));
     lines.push(dm_crypt(&config, env));
     lines.push(server(&config).await);
@@ -177,6 +180,33 @@ async fn docker(config: &DeviceConfig) -> Vec<Line> {
         },
     };
     vec![engine, image]
+}
+
+/// The renter's network rules: in the kernel for the bridge the governor last used, or (before the
+/// first rental) nftables at least answers.
+fn sandbox(env: &CheckEnv) -> Line {
+    let fix = "the governor puts them in place before the renter's container starts: see its log (`journalctl -u p2pvps-governor`); `nft` must be installed and the kernel have nf_tables";
+    let bridge = StateStore::new(&env.state_dir)
+        .load()
+        .ok()
+        .flatten()
+        .and_then(|s| s.network_rules);
+    match bridge {
+        Some(bridge) => match NftFirewall::verify(&bridge) {
+            Ok(()) => Line::ok(
+                "sandbox",
+                format!("network rules in place for the renter's bridge {bridge}"),
+            ),
+            Err(e) => Line::fail("sandbox", e.to_string(), fix),
+        },
+        None => match crate::command::run("nft", ["list", "tables"]) {
+            Ok(_) => Line::ok(
+                "sandbox",
+                "nftables answers; the rules are made before the first renter's container starts",
+            ),
+            Err(e) => Line::fail("sandbox", e.to_string(), fix),
+        },
+    }
 }
 
 fn storage(config: &DeviceConfig, env: &CheckEnv) -> Line {

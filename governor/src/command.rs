@@ -20,21 +20,47 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    run_with_input(program, args, None)
+}
+
+/// [`run`], with `input` written to the program's stdin (e.g. a ruleset for `nft -f -`).
+pub fn run_with_input<I, S>(
+    program: &str,
+    args: I,
+    input: Option<&[u8]>,
+) -> Result<String, CommandError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let command = std::iter::once(program.to_owned())
         .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
         .join(" ");
     debug!(%command, "running");
-    let out = Command::new(program)
+    let failed_to_start = |e: std::io::Error| CommandError {
+        command: command.clone(),
+        detail: format!("could not start it ({e}); is it installed?"),
+    };
+    let mut child = Command::new(program)
         .args(&args)
         .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| CommandError {
-            command: command.clone(),
-            detail: format!("could not start it ({e}); is it installed?"),
-        })?;
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(failed_to_start)?;
+    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write as _;
+        // A program that exits early closes its end: its status and stderr say why.
+        let _ = stdin.write_all(data);
+    }
+    let out = child.wait_with_output().map_err(failed_to_start)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -59,6 +85,12 @@ mod tests {
         let e = run("sh", ["-c", "echo oops >&2; exit 3"]).unwrap_err();
         assert_eq!(e.command, "sh -c echo oops >&2; exit 3");
         assert_eq!(e.detail, "exit status: 3: oops");
+        let e = run("p2pvps-no-such-program", ["x"]).unwrap_err();
+        assert!(e.detail.starts_with("could not start it"), "{e}");
+        assert_eq!(
+            super::run_with_input("tr", ["a-z", "A-Z"], Some(b"rules")).unwrap(),
+            "RULES"
+        );
         let e = run("p2pvps-no-such-program", ["x"]).unwrap_err();
         assert!(e.detail.starts_with("could not start it"), "{e}");
     }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use reqwest::Url;
 use serde_json::{Map, Value};
 
+use crate::sandbox::{Net, Policy};
 use crate::types::{DeviceId, Port, Secret, shorten};
 
 /// Where the image looks for the config (the FAT boot partition).
@@ -40,6 +41,8 @@ const KEYS: &[&str] = &[
     "activeLow",
     "renterImage",
     "renterImageTar",
+    "lanAllow",
+    "allowSmtp",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +127,8 @@ pub struct DeviceConfig {
     pub renter_image: String,
     /// Tarball (a rootfs, as for `docker import`) to import when the image is absent.
     pub renter_image_tar: Option<PathBuf>,
+    /// What the renter may reach besides the internet: LAN addresses the owner allows, and SMTP.
+    pub sandbox: Policy,
 }
 
 impl DeviceConfig {
@@ -201,6 +206,13 @@ impl DeviceConfig {
         if self.active_low {
             line("activeLow", &true);
         }
+        let allowed = self.sandbox.allow.iter().map(ToString::to_string);
+        let allowed = allowed.collect::<Vec<_>>().join(", ");
+        line(
+            "lanAllow",
+            &if allowed.is_empty() { "(none)" } else { &allowed },
+        );
+        line("allowSmtp", &self.sandbox.smtp);
         line("renterImage", &self.renter_image);
         if let Some(tar) = &self.renter_image_tar {
             line("renterImageTar", &tar.display());
@@ -330,7 +342,12 @@ impl Reader<'_> {
                 let default = Path::new(DEFAULT_RENTER_IMAGE_TAR);
                 default.is_file().then(|| default.to_owned())
             });
+        let sandbox = Policy {
+            allow: self.lan_allow()?,
+            smtp: self.flag("allowSmtp", false)?,
+        };
         Ok(DeviceConfig {
+            sandbox,
             device_id,
             server_url,
             ssh_server,
@@ -422,6 +439,28 @@ impl Reader<'_> {
                 Some(n @ 0..=27) => Ok(Led::Gpio(u8::try_from(n).expect("0-27 fits"))),
                 _ => Err(bad(v)),
             },
+        }
+    }
+
+    /// `lanAllow`: addresses or networks of the owner's LAN that the renter may reach after all.
+    fn lan_allow(&self) -> Result<Vec<Net>, ConfigError> {
+        let bad = |detail: String| self.invalid("lanAllow", detail);
+        match self.map.get("lanAllow") {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Net::parse(s.trim()).map_err(&bad),
+                    other => Err(bad(format!(
+                        "must list addresses as strings, got {}",
+                        json_kind(other)
+                    ))),
+                })
+                .collect(),
+            Some(v) => Err(bad(format!(
+                "must be a list such as [\"192.168.1.20\"], got {}",
+                json_kind(v)
+            ))),
         }
     }
 

@@ -14,6 +14,7 @@ use crate::led::{self, Indication, LedHandle, LedOptions};
 use crate::lifecycle::{Lifecycle, LifecycleError, Settings};
 use crate::marketplace::{Marketplace, MarketplaceError};
 use crate::runtime::DockerRuntime;
+use crate::sandbox::{NftFirewall, tunnel};
 use crate::socket::{self, Hub, SocketError, TunnelEndpoint};
 use crate::state::Phase;
 use crate::state::StateStore;
@@ -41,6 +42,8 @@ pub struct RunOptions {
     pub notices: Vec<Duration>,
     /// Docker's data root and its fallback: the root follows the USB volume (`engine.rs`).
     pub engine: Option<(PathBuf, PathBuf)>,
+    /// The connector binary, run on the host as the tunnel keeper (`sandbox/tunnel.rs`).
+    pub connector: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +128,7 @@ async fn run_with_led(
     settings.image_tar.clone_from(&config.renter_image_tar);
     settings.container_name.clone_from(&opts.container_name);
     settings.network.clone_from(&opts.network);
+    settings.sandbox.clone_from(&config.sandbox);
     settings.notices.clone_from(&opts.notices);
     settings.tunnel = Some(TunnelEndpoint {
         server: config.ssh_server.clone(),
@@ -144,6 +148,7 @@ async fn run_with_led(
         }
     }
     let _socket = socket::serve(&socket_dir, hub.clone())?;
+    let _tunnel = AbortOnDrop(tokio::spawn(tunnel::keep(opts.connector.clone(), hub.clone())));
     let market = Marketplace::new(&config.server_url, config.device_id.clone())?;
     let runtime = tokio::select! {
         () = &mut shutdown => return Ok(()),
@@ -152,7 +157,8 @@ async fn run_with_led(
     let store = StateStore::new(&opts.state_dir);
     // One lifecycle type per storage backend.
     if let Some(storage) = usb {
-        let mut lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings);
+        let mut lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings)
+            .with_firewall(Arc::new(NftFirewall));
         if let Some(engine) = engine {
             lifecycle = lifecycle.with_engine(Arc::new(engine));
         }
@@ -164,8 +170,18 @@ async fn run_with_led(
             );
         }
         let storage = DirStorage::new(&storage_root);
-        let lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings);
+        let lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings)
+            .with_firewall(Arc::new(NftFirewall));
         drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led).await
+    }
+}
+
+/// A task that ends with the daemon (the tunnel keeper's child is killed with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -330,6 +346,7 @@ mod tests {
             led_root: tmp.join("leds"),
             notices: Vec::new(),
             engine: None,
+            connector: "/nonexistent/p2pvps-connector".into(),
         };
         (opts, act)
     }

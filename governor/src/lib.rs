@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod marketplace;
 pub mod runtime;
+pub mod sandbox;
 pub mod socket;
 pub mod state;
 pub mod status;

@@ -26,6 +26,7 @@ use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::marketplace::{MarketplaceApi, Specs};
 use crate::runtime::{ContainerRuntime, ContainerSpec, Limits};
+use crate::sandbox::{self, Firewall, Policy, Rules};
 use crate::socket::{Hub, LeaseNotice, TunnelEndpoint, TunnelSettings};
 use crate::state::{Heartbeat, LeaseRecord, Phase, State, StateError, StateStore, new_volume_id};
 use crate::storage::Storage;
@@ -61,12 +62,17 @@ pub struct Settings {
     pub tunnel: Option<TunnelEndpoint>,
     /// Host directory with the governor's socket, mounted into the container.
     pub socket_dir: Option<PathBuf>,
-    /// Docker network of the renter's container.
+    /// Docker network of the renter's container: one of its own.
     pub network: String,
+    /// What the renter may reach beyond the internet (the owner's exceptions).
+    pub sandbox: Policy,
     /// How long before the expiration the renter is told, through the connector (wall and the
     /// login banner).
     pub notices: Vec<Duration>,
 }
+
+/// The renter's Docker network (its bridge is `p2pvps0`).
+pub const DEFAULT_NETWORK: &str = "p2pvps";
 
 /// The renter is told a day, an hour and ten minutes before the end.
 pub const DEFAULT_NOTICES: [Duration; 3] = [
@@ -93,7 +99,8 @@ impl Settings {
             specs,
             tunnel: None,
             socket_dir: None,
-            network: "bridge".into(),
+            network: DEFAULT_NETWORK.into(),
+            sandbox: Policy::default(),
             notices: DEFAULT_NOTICES.to_vec(),
         }
     }
@@ -110,6 +117,9 @@ pub struct Lifecycle<M, R, S, C> {
     phase_tx: watch::Sender<Phase>,
     /// The container engine whose data root follows the rental's volume; None: left where it is.
     engine: Option<Arc<dyn Engine>>,
+    /// The renter's network rules; None: no network of the renter's own is made (tests of the
+    /// lifecycle alone).
+    firewall: Option<Arc<dyn Firewall>>,
 }
 
 /// How often a locked volume is looked at for the renter's unlock.
@@ -146,7 +156,15 @@ where
             hub: Hub::default(),
             phase_tx: watch::Sender::new(Phase::PreparingStorage),
             engine: None,
+            firewall: None,
         }
+    }
+
+    /// Put the renter's container on a network of its own, behind `firewall`'s rules.
+    #[must_use]
+    pub fn with_firewall(mut self, firewall: Arc<dyn Firewall>) -> Self {
+        self.firewall = Some(firewall);
+        self
     }
 
     /// Keep the container engine's data root on the rental's volume (`engine.rs`).
@@ -244,18 +262,11 @@ where
     }
 
     async fn step(&self, state: &mut State) -> Result<(), LifecycleError> {
-        // The connector may have the tunnel only while a rental is provisioned or served.
-        let tunnel = match (state.phase, &state.lease, &self.settings.tunnel) {
-            (Phase::Provisioning | Phase::Serving, Some(lease), Some(endpoint)) => {
-                Some(TunnelSettings {
-                    endpoint: endpoint.clone(),
-                    remote_port: lease.port.get(),
-                })
-            }
-            _ => None,
-        };
-        self.hub.set_tunnel(tunnel);
         let live = matches!(state.phase, Phase::Provisioning | Phase::Serving);
+        // The tunnel runs only while a rental is served (`publish_tunnel` starts it).
+        if !live {
+            self.hub.set_tunnel(None);
+        }
         self.hub.set_volume(live.then(|| state.volume.clone()));
         self.publish_lease(state);
         match state.phase {
@@ -274,6 +285,23 @@ where
             Phase::Serving => self.serve(state).await,
             Phase::Expired => self.end_rental(state).await,
             Phase::Wiping => self.wipe(state).await,
+        }
+    }
+
+    /// The tunnel to the renter's container `id` (the renter's own, or the stand-in), kept on the
+    /// host; it follows the container's address, which a restart may change.
+    async fn publish_tunnel(&self, state: &State, id: &str) {
+        let (Some(endpoint), Some(lease)) = (&self.settings.tunnel, &state.lease) else {
+            return;
+        };
+        match self.runtime.address(id, &self.settings.network).await {
+            Ok(Some(ip)) => self.hub.set_tunnel(Some(TunnelSettings {
+                endpoint: endpoint.clone(),
+                remote_port: lease.port.get(),
+                local: std::net::SocketAddr::new(ip, 22),
+            })),
+            Ok(None) => warn!(container = %id, "the renter's container has no address yet; the tunnel waits"),
+            Err(e) => warn!(error = %e, "cannot find the renter container's address for the tunnel"),
         }
     }
 
@@ -361,6 +389,7 @@ where
             self.runtime.ensure_image(&s.image, s.image_tar.as_deref())
         })
         .await;
+        self.enforce_sandbox(state).await?;
         let spec = self.container_spec(storage);
         let id = self
             .retry("create container", || self.runtime.create(&spec))
@@ -388,6 +417,42 @@ where
             network: s.network.clone(),
             limits: s.limits,
         }
+    }
+
+    /// The renter's network and its rules, in place before any container of the renter starts
+    /// (retried until they are); the bridge is kept in the state for `status` and `check`.
+    async fn enforce_sandbox(&self, state: &mut State) -> Result<(), LifecycleError> {
+        if self.firewall.is_none() {
+            return Ok(());
+        }
+        let bridge = self
+            .retry("the renter's network rules", || self.apply_rules())
+            .await;
+        if state.network_rules.as_deref() != Some(bridge.as_str()) {
+            info!(network = %self.settings.network, %bridge, "renter network rules in place");
+            state.network_rules = Some(bridge);
+            self.store.save(state)?;
+        }
+        Ok(())
+    }
+
+    /// Make the renter's network and apply its rules once; the bridge's name.
+    async fn apply_rules(&self) -> Result<String, String> {
+        let Some(firewall) = &self.firewall else {
+            return Ok(String::new());
+        };
+        let bridge = self
+            .runtime
+            .ensure_network(&self.settings.network)
+            .await
+            .map_err(|e| e.to_string())?;
+        let rules = Rules {
+            bridge,
+            policy: self.settings.sandbox.clone(),
+            resolvers: sandbox::host_resolvers(),
+        };
+        firewall.apply(&rules).await.map_err(|e| e.to_string())?;
+        Ok(rules.bridge)
     }
 
     async fn add_login(&self, id: &str, l: &LeaseRecord) -> bool {
@@ -475,6 +540,11 @@ where
         let s = &self.settings;
         let volume = state.volume.clone();
         info!(%volume, "storage locked: serving a stand-in container until the renter unlocks it");
+        let expiration = lease(state).expiration;
+        tokio::select! {
+            r = self.enforce_sandbox(state) => r?,
+            () = self.clock.sleep_until(expiration) => return Ok(false),
+        }
         let standin = async {
             self.remove_containers(None, "an old stand-in").await;
             self.retry("renter image", || {
@@ -488,6 +558,7 @@ where
                 })
                 .await;
             self.add_login(&id, lease(state)).await;
+            self.publish_tunnel(state, &id).await;
             id
         };
         let expiration = lease(state).expiration;
@@ -549,6 +620,8 @@ where
         if state.container.is_none() {
             return self.enter(state, Phase::Provisioning);
         }
+        // After a reboot the rules are gone from the kernel: back before the container starts.
+        self.enforce_sandbox(state).await?;
         let expiration = lease(state).expiration;
         info!(%expiration, "serving");
         loop {
@@ -558,6 +631,9 @@ where
                 b = async { self.clock.sleep(delay).await; self.heartbeat(state).await } => Some(b),
             };
             let Some(beat) = beat else { break };
+            if let Some(id) = state.container.clone() {
+                self.publish_tunnel(state, &id).await;
+            }
             if self.record_check_in(state, beat.expiration) {
                 delay = hb;
                 backoff.reset();
@@ -615,7 +691,9 @@ where
                 Ok(Some(true)) => {}
                 Ok(Some(false)) => {
                     warn!(container = %id, "renter container stopped; starting it again");
-                    if let Err(e) = self.runtime.start(id).await {
+                    if let Err(e) = self.apply_rules().await {
+                        warn!(error = %e, "the renter's network rules are not in place; the container stays stopped");
+                    } else if let Err(e) = self.runtime.start(id).await {
                         warn!(error = %e, "cannot restart the renter container");
                     }
                 }

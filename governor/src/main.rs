@@ -30,8 +30,9 @@ enum Command {
         /// Name of the renter's container (change it only to run several governors on one host).
         #[arg(long, default_value = "p2pvps-renter")]
         container_name: String,
-        /// Docker network of the renter's container.
-        #[arg(long, default_value = "bridge")]
+        /// Docker network of the renter's container: one of its own, made if absent (never
+        /// Docker's default `bridge`, which the owner's other containers share).
+        #[arg(long, default_value = p2pvps_governor::lifecycle::DEFAULT_NETWORK, value_parser = own_network)]
         network: String,
         /// When to tell the renter the rental ends: seconds before the expiration, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "86400,3600,600")]
@@ -44,6 +45,10 @@ enum Command {
         /// Where Docker's data root is bound between rentals (on the state partition).
         #[arg(long, requires = "engine_data_root")]
         engine_fallback_root: Option<PathBuf>,
+        /// The connector binary that keeps the tunnel, on the host (default: beside this
+        /// program, else /usr/lib/p2pvps/p2pvps-connector).
+        #[arg(long)]
+        connector: Option<PathBuf>,
     },
     /// Show what the governor is doing.
     Status {
@@ -75,7 +80,9 @@ fn main() -> ExitCode {
             expiry_notices,
             engine_data_root,
             engine_fallback_root,
+            connector,
         } => run(RunOptions {
+            connector: connector.unwrap_or_else(p2pvps_governor::sandbox::tunnel::default_connector),
             config,
             state_dir,
             container_name,
@@ -130,6 +137,15 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+    }
+}
+
+fn own_network(name: &str) -> Result<String, String> {
+    match name {
+        "bridge" | "host" | "none" | "default" => Err(format!(
+            "{name:?} is one of Docker's own networks; the renter's container needs a network of its own"
+        )),
+        _ => Ok(name.to_owned()),
     }
 }
 

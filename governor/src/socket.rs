@@ -1,10 +1,10 @@
-//! The governor's Unix socket, mounted into the renter's container at `/run/p2pvps`: the connector
-//! fetches its tunnel settings here and reports the tunnel's state; the renter's `p2pvps-storage`
-//! asks for the storage key's state, sets a passphrase and unlocks.
+//! The governor's Unix socket, mounted read-only into the renter's container at `/run/p2pvps`:
+//! the connector reports the renter's SSH sessions and reads the lease; the renter's
+//! `p2pvps-storage` asks for the storage key's state, sets a passphrase and unlocks. The tunnel's
+//! settings are not served here: the tunnel runs on the host (`sandbox/tunnel.rs`).
 //!
-//! Protocol: one JSON object per line each way. Requests: `{"op": "tunnel-settings"}` ->
-//! `{"ok": true, "settings": {…}}`; `{"op": "tunnel-state", "state": {"state": "up"|…, …}}` ->
-//! `{"ok": true}`; `{"op": "sessions", "count": N}` (renter SSH sessions open) -> `{"ok": true}`;
+//! Protocol: one JSON object per line each way. Requests: `{"op": "sessions", "count": N}` (renter
+//! SSH sessions open) -> `{"ok": true}`;
 //! `{"op": "storage-status"}` -> `{"ok": true, "storage": {"encrypted", "holder", "locked"}}`;
 //! `{"op": "storage-set-passphrase", "passphrase": "…", "old": "…"?}` and
 //! `{"op": "storage-unlock", "passphrase": "…"}` -> `{"ok": true, "restarts": bool}` (true: the
@@ -59,22 +59,26 @@ pub struct TunnelEndpoint {
     pub host_key: Option<String>,
 }
 
-/// What the connector needs to keep the tunnel (the connector's `TunnelSettings` on the wire).
+/// What the tunnel keeper needs (the connector's `TunnelSettings` on the wire).
 #[derive(Debug, Clone)]
 pub struct TunnelSettings {
     pub endpoint: TunnelEndpoint,
     /// The port the endpoint forwards to this rental (from registration).
     pub remote_port: u16,
+    /// The renter container's sshd, where forwarded connections go.
+    pub local: std::net::SocketAddr,
 }
 
 impl TunnelSettings {
-    fn to_wire(&self) -> Value {
+    /// The connector's settings JSON (secrets included: it goes to the keeper's stdin only).
+    pub fn to_wire(&self) -> Value {
         let e = &self.endpoint;
         let mut v = json!({
             "server": e.server,
             "serverPort": e.server_port,
             "user": e.user,
             "remotePort": self.remote_port,
+            "localAddr": self.local.to_string(),
         });
         if let Some(p) = &e.password {
             v["password"] = Value::String(p.expose().to_owned());
@@ -111,10 +115,13 @@ pub struct TunnelReport {
     pub sessions: u32,
 }
 
-/// Shared between the lifecycle (which sets the settings) and the socket's connections.
+/// Shared between the lifecycle (which sets the settings), the tunnel keeper and the socket's
+/// connections.
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<Mutex<HubInner>>,
+    /// The tunnel the keeper should run now (None between rentals).
+    tunnel: Arc<watch::Sender<Option<TunnelSettings>>>,
     /// Renter sessions open now, for the LED.
     sessions: Arc<watch::Sender<u32>>,
     /// The storage's key control, where the storage has keys; one request at a time.
@@ -137,6 +144,7 @@ impl Default for Hub {
     fn default() -> Self {
         Self {
             inner: Arc::default(),
+            tunnel: Arc::new(watch::Sender::new(None)),
             sessions: Arc::new(watch::Sender::new(0)),
             keys: None,
             key_lock: Arc::default(),
@@ -147,7 +155,6 @@ impl Default for Hub {
 
 #[derive(Debug, Default)]
 struct HubInner {
-    tunnel: Option<TunnelSettings>,
     report: Option<TunnelReport>,
     /// Where reports are saved for `status`; none in tests without a state dir.
     report_file: Option<PathBuf>,
@@ -188,11 +195,17 @@ impl Hub {
         self.inner.lock().unwrap().lease = lease;
     }
 
-    /// The settings handed to the connector; None between rentals.
+    /// The tunnel to keep; None between rentals. The keeper restarts only on a real change.
     pub fn set_tunnel(&self, settings: Option<TunnelSettings>) {
+        let ending = settings.is_none();
+        self.tunnel.send_if_modified(|current| {
+            let wire = |t: &Option<TunnelSettings>| t.as_ref().map(TunnelSettings::to_wire);
+            let changed = wire(current) != wire(&settings);
+            *current = settings;
+            changed
+        });
         let mut inner = self.inner.lock().unwrap();
-        inner.tunnel = settings;
-        if inner.tunnel.is_none() {
+        if ending {
             inner.report = None;
             self.sessions.send_replace(0);
             if let Some(f) = &inner.report_file {
@@ -206,9 +219,14 @@ impl Hub {
         self.inner.lock().unwrap().lease.clone()
     }
 
-    /// The settings the connector gets now.
+    /// The tunnel to keep now.
     pub fn tunnel(&self) -> Option<TunnelSettings> {
-        self.inner.lock().unwrap().tunnel.clone()
+        self.tunnel.borrow().clone()
+    }
+
+    /// The tunnel to keep, as it changes (for the keeper).
+    pub fn tunnel_changes(&self) -> watch::Receiver<Option<TunnelSettings>> {
+        self.tunnel.subscribe()
     }
 
     /// The number of renter SSH sessions open, as it changes.
@@ -281,10 +299,6 @@ impl Hub {
 
     fn handle(&self, req: &Value) -> Value {
         match req.get("op").and_then(Value::as_str) {
-            Some("tunnel-settings") => match &self.inner.lock().unwrap().tunnel {
-                Some(t) => json!({"ok": true, "settings": t.to_wire()}),
-                None => json!({"ok": false, "error": "no rental in force"}),
-            },
             Some("lease") => match &self.inner.lock().unwrap().lease {
                 Some(l) => {
                     let mut lease = json!({
@@ -306,13 +320,6 @@ impl Hub {
                 }
                 _ => json!({"ok": false, "error": "count must be a number of sessions"}),
             },
-            Some("tunnel-state") => match parse_report(req.get("state")) {
-                Ok(report) => {
-                    self.record(report);
-                    json!({"ok": true})
-                }
-                Err(e) => json!({"ok": false, "error": e}),
-            },
             Some(other) => {
                 json!({"ok": false, "error": format!("unknown op {:?}", crate::types::shorten(other))})
             }
@@ -332,7 +339,8 @@ impl Hub {
         }
     }
 
-    fn record(&self, mut report: TunnelReport) {
+    /// Keep the tunnel's state (from the keeper) for `status` and the log.
+    pub fn record(&self, mut report: TunnelReport) {
         report.sessions = *self.sessions.borrow();
         let mut inner = self.inner.lock().unwrap();
         if inner.report.as_ref().map(|r| (&r.state, &r.error))
@@ -354,7 +362,8 @@ impl Hub {
     }
 }
 
-fn parse_report(v: Option<&Value>) -> Result<TunnelReport, String> {
+/// A state line of the tunnel keeper (`{"state": "up"|…, "error": …}`).
+pub fn parse_report(v: Option<&Value>) -> Result<TunnelReport, String> {
     let v = v.ok_or("missing \"state\"")?;
     let state = v
         .get("state")
@@ -479,9 +488,12 @@ mod tests {
         let _task = serve(&dir, hub.clone()).unwrap();
         let sock = dir.join(SOCKET_NAME);
 
-        let a = ask(&sock, r#"{"op": "tunnel-settings"}"#).await;
-        assert_eq!(a, json!({"ok": false, "error": "no rental in force"}));
-        hub.set_tunnel(Some(TunnelSettings {
+        // The tunnel's settings and state are not the renter's business: neither op exists.
+        for op in ["tunnel-settings", "tunnel-state"] {
+            let a = ask(&sock, &format!(r#"{{"op": "{op}", "state": {{"state": "up"}}}}"#)).await;
+            assert!(a["error"].as_str().unwrap().contains("unknown op"), "{a}");
+        }
+        let settings = TunnelSettings {
             endpoint: TunnelEndpoint {
                 server: "127.0.0.1".into(),
                 server_port: 2222,
@@ -490,18 +502,20 @@ mod tests {
                 host_key: None,
             },
             remote_port: 6001,
-        }));
-        let a = ask(&sock, r#"{"op": "tunnel-settings"}"#).await;
-        assert_eq!(a["settings"]["remotePort"], 6001);
-        assert_eq!(a["settings"]["password"], "tunnelpw");
-        assert!(a["settings"].get("hostKey").is_none());
+            local: "172.18.0.2:22".parse().unwrap(),
+        };
+        let wire = settings.to_wire();
+        assert_eq!(wire["password"], "tunnelpw");
+        assert_eq!(wire["localAddr"], "172.18.0.2:22");
+        let mut changes = hub.tunnel_changes();
+        hub.set_tunnel(Some(settings.clone()));
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+        hub.set_tunnel(Some(settings));
+        assert!(!changes.has_changed().unwrap(), "the same settings restart nothing");
 
-        let a = ask(
-            &sock,
-            r#"{"op": "tunnel-state", "state": {"state": "down", "error": "refused\n"}}"#,
-        )
-        .await;
-        assert_eq!(a, json!({"ok": true}));
+        // The keeper's state lines.
+        hub.record(parse_report(Some(&json!({"state": "down", "error": "refused\n"}))).unwrap());
         let r = hub.tunnel_report().unwrap();
         assert_eq!(
             (r.state.as_str(), r.error.as_deref()),
@@ -529,10 +543,6 @@ mod tests {
             ("nonsense", "not a JSON object"),
             (r#"{"op": "rm -rf"}"#, "unknown op"),
             (r"{}", "missing \"op\""),
-            (
-                r#"{"op": "tunnel-state", "state": {"state": "exploded"}}"#,
-                "unknown tunnel state",
-            ),
         ] {
             let a = ask(&sock, bad).await;
             assert_eq!(a["ok"], false);
@@ -540,6 +550,11 @@ mod tests {
         }
         let a = ask(&sock, &"x".repeat(LINE_LIMIT + 10)).await;
         assert_eq!(a["error"], "line too long");
+        assert!(
+            parse_report(Some(&json!({"state": "exploded"})))
+                .unwrap_err()
+                .contains("unknown tunnel state")
+        );
 
         hub.set_tunnel(None);
         assert!(hub.tunnel_report().is_none());
@@ -680,7 +695,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(SOCKET_NAME), "junk").unwrap();
         let _task = serve(&dir, Hub::default()).unwrap();
-        let a = ask(&dir.join(SOCKET_NAME), r#"{"op": "tunnel-settings"}"#).await;
-        assert_eq!(a["ok"], false);
+        let a = ask(&dir.join(SOCKET_NAME), r#"{"op": "lease"}"#).await;
+        assert_eq!(a, json!({"ok": false, "error": "no rental in force"}));
     }
 }

@@ -91,6 +91,9 @@ pub struct State {
     /// Rentals served to the end, for status.
     pub rentals_completed: u64,
     pub last_heartbeat: Option<Heartbeat>,
+    /// The bridge of the renter's network whose rules the governor put in place last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_rules: Option<String>,
 }
 
 impl State {
@@ -103,6 +106,7 @@ impl State {
             container: None,
             rentals_completed: 0,
             last_heartbeat: None,
+            network_rules: None,
         }
     }
 }

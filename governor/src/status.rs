@@ -6,6 +6,7 @@ use std::path::Path;
 use chrono::{DateTime, Local, Utc};
 use serde::Serialize;
 
+use crate::sandbox::NftFirewall;
 use crate::socket::{TUNNEL_FILE, TunnelReport};
 use crate::state::{State, StateError, StateStore};
 use crate::storage::UsbStorage;
@@ -30,6 +31,9 @@ pub struct StatusView {
     /// The encrypted volume's key: `device`, `renter` or `renter-locked`; None when not encrypted
     /// (or no volume yet).
     pub storage_key: Option<String>,
+    /// The renter's network rules: `in place (bridge …)` or what is wrong; None before the first
+    /// rental.
+    pub network_rules: Option<String>,
 }
 
 impl StatusView {
@@ -48,6 +52,7 @@ impl StatusView {
                 last_heartbeat_error: None,
                 tunnel: None,
                 storage_key: None,
+                network_rules: None,
             };
         };
         Self {
@@ -63,6 +68,7 @@ impl StatusView {
             last_heartbeat_error: s.last_heartbeat.as_ref().and_then(|h| h.error.clone()),
             tunnel: None,
             storage_key: None,
+            network_rules: s.network_rules.clone(),
         }
     }
 
@@ -115,6 +121,9 @@ impl StatusView {
             );
             line("renter sessions", &t.sessions.to_string());
         }
+        if let Some(r) = &self.network_rules {
+            line("network rules", r);
+        }
         line("rentals done", &self.rentals_completed.to_string());
         if let Some(at) = self.last_heartbeat {
             let result = self.last_heartbeat_error.as_deref().unwrap_or("ok");
@@ -153,6 +162,12 @@ pub fn load(store: &StateStore) -> Result<StatusView, StateError> {
     view.tunnel = std::fs::read(store.dir().join(TUNNEL_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(bridge) = view.network_rules.take() {
+        view.network_rules = Some(match NftFirewall::verify(&bridge) {
+            Ok(()) => format!("in place (bridge {bridge})"),
+            Err(e) => format!("NOT IN PLACE: {e}"),
+        });
+    }
     if let Some(volume) = &view.storage_volume {
         view.storage_key = storage_key(store.dir(), volume).map(str::to_owned);
     }

@@ -44,6 +44,23 @@ impl Roots {
 }
 
 impl ContainerRuntime for Roots {
+    fn address(
+        &self,
+        id: &str,
+        network: &str,
+    ) -> impl Future<Output = Result<Option<std::net::IpAddr>, RuntimeError>> + Send {
+        let rt = self.now();
+        let (id, network) = (id.to_owned(), network.to_owned());
+        async move { rt.address(&id, &network).await }
+    }
+    fn ensure_network(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send {
+        let rt = self.now();
+        let name = name.to_owned();
+        async move { rt.ensure_network(&name).await }
+    }
     fn ensure_image(
         &self,
         image: &str,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
     StopContainerOptions,
@@ -15,7 +15,10 @@ use bollard::query_parameters::{
 use futures_util::StreamExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{ContainerRuntime, ContainerSpec, DEVICE_LABEL, RuntimeError, STORAGE_MOUNT};
+use super::{
+    ContainerRuntime, ContainerSpec, DEVICE_LABEL, DROPPED_CAPABILITIES, RuntimeError,
+    STORAGE_MOUNT, bridge_name,
+};
 use crate::types::{PasswordHash, Username};
 
 /// Kept from an exec's output for the error message.
@@ -208,7 +211,61 @@ fn container_err(id: &str, action: &'static str) -> impl FnOnce(BollardError) ->
     }
 }
 
+/// The bridge network option that names its Linux interface.
+const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
+
 impl ContainerRuntime for DockerRuntime {
+    async fn ensure_network(&self, name: &str) -> Result<String, RuntimeError> {
+        let err = |action: &str, e: BollardError| RuntimeError::Network {
+            network: name.to_owned(),
+            reason: format!("{action}: {e}"),
+        };
+        let found = match self.docker.inspect_network(name, None).await {
+            Ok(n) => n,
+            Err(e) if not_found(&e) => {
+                let request = NetworkCreateRequest {
+                    name: name.to_owned(),
+                    driver: Some("bridge".into()),
+                    options: Some(HashMap::from([
+                        (BRIDGE_NAME_OPTION.to_owned(), bridge_name(name)),
+                        // The renter's container is alone there; nothing to talk to.
+                        (
+                            "com.docker.network.bridge.enable_icc".to_owned(),
+                            "false".to_owned(),
+                        ),
+                    ])),
+                    ..Default::default()
+                };
+                self.docker
+                    .create_network(request)
+                    .await
+                    .map_err(|e| err("create", e))?;
+                tracing::info!(network = name, "renter network created");
+                self.docker
+                    .inspect_network(name, None)
+                    .await
+                    .map_err(|e| err("inspect", e))?
+            }
+            Err(e) => return Err(err("inspect", e)),
+        };
+        if found.driver.as_deref() != Some("bridge") {
+            return Err(RuntimeError::Network {
+                network: name.to_owned(),
+                reason: format!(
+                    "driver {:?}: the renter's network must be a bridge of its own",
+                    found.driver.unwrap_or_default()
+                ),
+            });
+        }
+        let named = found
+            .options
+            .as_ref()
+            .and_then(|o| o.get(BRIDGE_NAME_OPTION).cloned());
+        // A bridge network made without the option: Docker names it br-<first 12 of its id>.
+        let id = found.id.unwrap_or_default();
+        Ok(named.unwrap_or_else(|| format!("br-{}", &id[..id.len().min(12)])))
+    }
+
     async fn ensure_image(&self, image: &str, tar: Option<&Path>) -> Result<(), RuntimeError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
@@ -242,7 +299,7 @@ impl ContainerRuntime for DockerRuntime {
         )];
         if let Some(dir) = &spec.socket_dir {
             binds.push(format!(
-                "{}:{}",
+                "{}:{}:ro",
                 dir.display(),
                 crate::socket::CONTAINER_DIR
             ));
@@ -263,6 +320,7 @@ impl ContainerRuntime for DockerRuntime {
                 nano_cpus: Some(spec.limits.nano_cpus),
                 pids_limit: Some(spec.limits.pids),
                 privileged: Some(false),
+                cap_drop: Some(DROPPED_CAPABILITIES.map(str::to_owned).to_vec()),
                 // An init as PID 1 reaps zombies and passes SIGTERM on.
                 init: Some(true),
                 network_mode: Some(spec.network.clone()),
@@ -336,6 +394,28 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) if not_found(&e) => Ok(None),
             Err(e) => Err(container_err(id, "inspect")(e)),
         }
+    }
+
+    async fn address(&self, id: &str, network: &str) -> Result<Option<std::net::IpAddr>, RuntimeError> {
+        let info = match self.docker.inspect_container(id, None).await {
+            Ok(info) => info,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(container_err(id, "inspect")(e)),
+        };
+        let ip = info
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(network))
+            .and_then(|n| n.ip_address)
+            .filter(|ip| !ip.is_empty());
+        ip.map(|ip| {
+            ip.parse().map_err(|e| RuntimeError::Container {
+                container: id.to_owned(),
+                action: "inspect",
+                reason: format!("address {ip:?} on {network}: {e}"),
+            })
+        })
+        .transpose()
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {

@@ -100,6 +100,11 @@ fn gone(id: &str, action: &'static str) -> RuntimeError {
 }
 
 impl ContainerRuntime for FakeRuntime {
+    async fn ensure_network(&self, name: &str) -> Result<String, RuntimeError> {
+        drop(self.call(format!("ensure_network {name}"))?);
+        Ok(super::bridge_name(name))
+    }
+
     async fn ensure_image(&self, image: &str, tar: Option<&Path>) -> Result<(), RuntimeError> {
         let mut inner = self.call(format!("ensure_image {image}"))?;
         if inner.images.iter().any(|i| i == image) {
@@ -166,6 +171,19 @@ impl ContainerRuntime for FakeRuntime {
     async fn state(&self, id: &str) -> Result<Option<bool>, RuntimeError> {
         let inner = self.call(format!("state {id}"))?;
         Ok(inner.containers.get(id).map(|c| c.running))
+    }
+
+    async fn address(
+        &self,
+        id: &str,
+        _network: &str,
+    ) -> Result<Option<std::net::IpAddr>, RuntimeError> {
+        let inner = self.call(format!("address {id}"))?;
+        Ok(inner
+            .containers
+            .get(id)
+            .filter(|c| c.running)
+            .map(|_| std::net::Ipv4Addr::LOCALHOST.into()))
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {

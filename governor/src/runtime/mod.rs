@@ -1,6 +1,7 @@
 //! The container runtime behind a narrow trait: Docker through bollard, and an in-memory fake.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +17,12 @@ pub use fake::FakeRuntime;
 pub const DEVICE_LABEL: &str = "io.p2pvps.device";
 /// Where the renter's storage appears inside the container.
 pub const STORAGE_MOUNT: &str = "/media/storage";
+/// Docker's default capabilities that the renter's container does without (DESIGN.md §9): raw
+/// sockets (spoofing, sniffing; `ping` uses ICMP datagram sockets instead), device nodes, the
+/// kernel's audit log, file capabilities, and changing capability sets. What is left serves sshd,
+/// sudo, useradd, apt and the deployment packages.
+pub const DROPPED_CAPABILITIES: [&str; 5] =
+    ["NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP", "SETPCAP"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -29,6 +36,8 @@ pub enum RuntimeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("network {network}: {reason}")]
+    Network { network: String, reason: String },
     #[error("container {container}: {action}: {reason}")]
     Container {
         container: String,
@@ -82,14 +91,22 @@ pub struct ContainerSpec {
     /// Bind the storage as a mount-propagation slave (the host path is under a shared mount and a
     /// volume may be mounted there after the container starts).
     pub storage_propagation: bool,
-    /// Host directory with the governor's socket, bind-mounted at `/run/p2pvps`.
+    /// Host directory with the governor's socket, bind-mounted read-only at `/run/p2pvps` (the
+    /// renter connects to the socket but can neither replace it nor fill the directory).
     pub socket_dir: Option<PathBuf>,
-    /// Docker network to attach to (`bridge`, the default, in production).
+    /// Docker network to attach to: the renter's own ([`ContainerRuntime::ensure_network`]).
     pub network: String,
     pub limits: Limits,
 }
 
 pub trait ContainerRuntime: Send + Sync {
+    /// Make sure the bridge network `name` exists (created with a bridge interface named after
+    /// it); returns the name of its Linux bridge, which the sandbox's rules match.
+    fn ensure_network(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+
     /// Make sure `image` exists, importing it from the rootfs tarball `tar` when absent.
     fn ensure_image(
         &self,
@@ -115,6 +132,14 @@ pub trait ContainerRuntime: Send + Sync {
     /// Some(running?) for an existing container, None when it is gone.
     fn state(&self, id: &str) -> impl Future<Output = Result<Option<bool>, RuntimeError>> + Send;
 
+    /// The container's address on `network` (where the host-side tunnel sends renters), while it
+    /// runs.
+    fn address(
+        &self,
+        id: &str,
+        network: &str,
+    ) -> impl Future<Output = Result<Option<IpAddr>, RuntimeError>> + Send;
+
     fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Stop (SIGTERM, then SIGKILL after `grace`) and remove. A container already gone is fine.
@@ -130,6 +155,12 @@ pub trait ContainerRuntime: Send + Sync {
 
 /// Shared ownership (a test keeps a handle on the fake the lifecycle uses).
 impl<T: ContainerRuntime> ContainerRuntime for std::sync::Arc<T> {
+    fn ensure_network(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send {
+        (**self).ensure_network(name)
+    }
     fn ensure_image(
         &self,
         image: &str,
@@ -154,6 +185,13 @@ impl<T: ContainerRuntime> ContainerRuntime for std::sync::Arc<T> {
     fn state(&self, id: &str) -> impl Future<Output = Result<Option<bool>, RuntimeError>> + Send {
         (**self).state(id)
     }
+    fn address(
+        &self,
+        id: &str,
+        network: &str,
+    ) -> impl Future<Output = Result<Option<IpAddr>, RuntimeError>> + Send {
+        (**self).address(id, network)
+    }
     fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send {
         (**self).start(id)
     }
@@ -169,9 +207,22 @@ impl<T: ContainerRuntime> ContainerRuntime for std::sync::Arc<T> {
     }
 }
 
+/// The bridge interface a network made by the governor gets: its name and `0`, cut to the 15
+/// characters an interface name may have.
+pub fn bridge_name(network: &str) -> String {
+    let base: String = network.chars().take(14).collect();
+    format!("{base}0")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bridge_names_fit_an_interface_name() {
+        assert_eq!(bridge_name("p2pvps"), "p2pvps0");
+        assert_eq!(bridge_name("p2pvps-t-0123456789ab").len(), 15);
+    }
 
     #[test]
     fn limits_leave_the_host_its_share() {

@@ -1,0 +1,145 @@
+//! The reverse tunnel, kept on the host: the connector's tunnel keeper (`p2pvps-connector tunnel`)
+//! runs as the governor's child, outside the renter's container, and forwards the endpoint's port
+//! to the container's sshd on the renter's bridge. The tunnel's credential (the marketplace's shared
+//! password, or the device's key) goes to that child's stdin only: never into the container's
+//! files, environment, processes or socket, where the renter (root there) could read it.
+//!
+//! The lifecycle says which tunnel should run (`Hub::set_tunnel`); this task starts the keeper,
+//! restarts it with backoff when it exits, replaces it when the settings change (a new rental, the
+//! container's new address) and stops it (SIGTERM: it says goodbye to the endpoint, freeing the
+//! port) between rentals. The keeper's state lines (`--report-json`) go to the hub for `status`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::socket::{Hub, TunnelReport, TunnelSettings, parse_report};
+use p2pvps_common::Backoff;
+
+/// Where the packages install the connector on the host (the `.deb` and the image).
+pub const INSTALLED_CONNECTOR: &str = "/usr/lib/p2pvps/p2pvps-connector";
+/// How long the keeper may take to close its session before it is killed.
+const GOODBYE: Duration = Duration::from_secs(3);
+
+/// The connector binary: beside the governor's own (a build tree), else where the packages put it.
+pub fn default_connector() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("p2pvps-connector"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| INSTALLED_CONNECTOR.into())
+}
+
+/// Keep the tunnel the hub names, until the task is dropped (spawn it).
+pub async fn keep(program: PathBuf, hub: Hub) {
+    let mut wanted = hub.tunnel_changes();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        let settings = wanted.borrow_and_update().clone();
+        let Some(settings) = settings else {
+            if wanted.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let started = tokio::time::Instant::now();
+        let why = match run_once(&program, &settings, &hub, &mut wanted).await {
+            Ended::Replaced => continue,
+            Ended::Exited(why) => why,
+        };
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        warn!(error = %why, retry_in = ?delay, "the tunnel keeper stopped; starting it again");
+        hub.record(TunnelReport {
+            state: "down".into(),
+            error: Some(why),
+            reported_at: Utc::now(),
+            sessions: 0,
+        });
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            r = wanted.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+enum Ended {
+    /// The settings changed (or the rental ended): the keeper was stopped on purpose.
+    Replaced,
+    /// The keeper exited (or could not start) by itself.
+    Exited(String),
+}
+
+async fn run_once(
+    program: &Path,
+    settings: &TunnelSettings,
+    hub: &Hub,
+    wanted: &mut watch::Receiver<Option<TunnelSettings>>,
+) -> Ended {
+    let mut child = match Command::new(program)
+        .args(["tunnel", "--settings", "-", "--report-json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return Ended::Exited(format!("cannot start {}: {e}", program.display())),
+    };
+    info!(pid = child.id().unwrap_or(0), endpoint = %format!("{}:{}", settings.endpoint.server, settings.endpoint.server_port),
+        port = settings.remote_port, to = %settings.local, "tunnel keeper started on the host");
+    if let Some(mut stdin) = child.stdin.take() {
+        let text = settings.to_wire().to_string();
+        // Dropping stdin closes it: the keeper reads to the end.
+        if let Err(e) = stdin.write_all(text.as_bytes()).await {
+            stop(&mut child).await;
+            return Ended::Exited(format!("cannot hand over the tunnel settings: {e}"));
+        }
+    }
+    let Some(stdout) = child.stdout.take() else {
+        stop(&mut child).await;
+        return Ended::Exited("no stdout from the tunnel keeper".into());
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => {
+                    match serde_json::from_str(&line).map_err(|e| e.to_string()).and_then(|v| parse_report(Some(&v))) {
+                        Ok(report) => hub.record(report),
+                        Err(e) => warn!(error = %e, "unreadable state line from the tunnel keeper"),
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    let status = child.wait().await;
+                    return Ended::Exited(format!("the tunnel keeper exited ({})", status.map_or_else(|e| e.to_string(), |s| s.to_string())));
+                }
+            },
+            _ = wanted.changed() => {
+                stop(&mut child).await;
+                return Ended::Replaced;
+            }
+        }
+    }
+}
+
+/// SIGTERM, so the keeper closes its session (the endpoint frees the port at once); SIGKILL after
+/// [`GOODBYE`].
+async fn stop(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = crate::command::run("kill", ["-TERM", &pid.to_string()]);
+    }
+    if tokio::time::timeout(GOODBYE, child.wait()).await.is_err() {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
