@@ -10,7 +10,6 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
 use tracing::debug;
 
-
 /// Where the governor's socket is mounted in the renter's container.
 pub const DEFAULT_SOCKET: &str = "/run/p2pvps/governor.sock";
 

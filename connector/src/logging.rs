@@ -1,4 +1,5 @@
-//! Logs go to stdout: inside the container that is what `docker logs` (and the governor) read.
+//! Logs go to stderr: `docker logs` reads it inside the container, and the governor's journal
+//! takes it from the tunnel keeper on the host, whose stdout carries its state lines.
 
 use std::io::IsTerminal as _;
 
@@ -12,8 +13,8 @@ pub fn init() {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(std::io::stderr)
         // Colour codes are noise in `docker logs` and log files.
-        .with_ansi(std::io::stdout().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

@@ -1,5 +1,6 @@
-//! The `p2pvps-connector tunnel` command: settings on stdin, logs on stdout, SIGTERM ends it with
-//! status 0, bad settings end it with EX_CONFIG.
+//! The `p2pvps-connector tunnel` command: settings on stdin, logs on stderr (state lines on stdout
+//! with `--report-json`, as the governor runs it), SIGTERM ends it with status 0, bad settings end
+//! it with EX_CONFIG.
 
 mod common;
 
@@ -11,22 +12,30 @@ use common::{
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 struct Connector {
     child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
+    /// The log.
+    lines: Lines<BufReader<ChildStderr>>,
     seen: Vec<String>,
+    /// State lines, with `--report-json`.
+    states: Lines<BufReader<ChildStdout>>,
 }
 
 impl Connector {
     async fn start(settings: &Value) -> Self {
+        Self::start_with(settings, &[]).await
+    }
+
+    async fn start_with(settings: &Value, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_p2pvps-connector"))
             .args(["tunnel", "--settings", "-"])
+            .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("start p2pvps-connector");
@@ -36,11 +45,13 @@ impl Connector {
             .await
             .unwrap();
         drop(stdin); // EOF: the settings are complete
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let states = BufReader::new(child.stdout.take().unwrap()).lines();
         Self {
             child,
             lines,
             seen: Vec::new(),
+            states,
         }
     }
 
@@ -115,7 +126,7 @@ async fn settings_from_stdin_bring_the_tunnel_up_and_sigterm_stops_it() {
         !out.contains(&tunnel_password()),
         "the password reached the log: {out}"
     );
-    // Plain text for `docker logs`: stdout is a pipe here, so no colour codes.
+    // Plain text for `docker logs`: stderr is a pipe here, so no colour codes.
     assert!(!out.contains('\u{1b}'), "{out}");
     // A clean stop tells the endpoint, which frees the port at once.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -123,6 +134,34 @@ async fn settings_from_stdin_bring_the_tunnel_up_and_sigterm_stops_it() {
         endpoint.log().contains("connector stopping"),
         "{}",
         endpoint.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_json_puts_only_state_lines_on_stdout() {
+    let endpoint = Endpoint::start();
+    let remote = free_port();
+    let settings = settings_json(&endpoint, remote, echo_server().await);
+    let mut connector = Connector::start_with(&settings, &["--report-json"]).await;
+    let mut states = Vec::new();
+    let up = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(line)) = connector.states.next_line().await {
+            let state: Value = serde_json::from_str(&line).expect("a JSON state line");
+            states.push(state["state"].as_str().unwrap().to_owned());
+            if state["state"] == "up" {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(up, Ok(true), "states: {states:?}");
+    assert_eq!(states, ["connecting", "up"]);
+    assert_eq!(connector.terminate().await.code(), Some(0));
+    assert!(
+        connector.output().contains("tunnel up"),
+        "{}",
+        connector.output()
     );
 }
 
@@ -177,6 +216,6 @@ async fn an_unreadable_settings_file_exits_with_ex_config() {
         .await
         .unwrap();
     assert_eq!(output.status.code(), Some(78));
-    let out = String::from_utf8_lossy(&output.stdout);
+    let out = String::from_utf8_lossy(&output.stderr);
     assert!(out.contains("missing.json"), "{out}");
 }

@@ -210,7 +210,11 @@ impl DeviceConfig {
         let allowed = allowed.collect::<Vec<_>>().join(", ");
         line(
             "lanAllow",
-            &if allowed.is_empty() { "(none)" } else { &allowed },
+            &if allowed.is_empty() {
+                "(none)"
+            } else {
+                &allowed
+            },
         );
         line("allowSmtp", &self.sandbox.smtp);
         line("renterImage", &self.renter_image);

@@ -148,7 +148,10 @@ async fn run_with_led(
         }
     }
     let _socket = socket::serve(&socket_dir, hub.clone())?;
-    let _tunnel = AbortOnDrop(tokio::spawn(tunnel::keep(opts.connector.clone(), hub.clone())));
+    let _tunnel = AbortOnDrop(tokio::spawn(tunnel::keep(
+        opts.connector.clone(),
+        hub.clone(),
+    )));
     let market = Marketplace::new(&config.server_url, config.device_id.clone())?;
     let runtime = tokio::select! {
         () = &mut shutdown => return Ok(()),

@@ -300,8 +300,12 @@ where
                 remote_port: lease.port.get(),
                 local: std::net::SocketAddr::new(ip, 22),
             })),
-            Ok(None) => warn!(container = %id, "the renter's container has no address yet; the tunnel waits"),
-            Err(e) => warn!(error = %e, "cannot find the renter container's address for the tunnel"),
+            Ok(None) => {
+                warn!(container = %id, "the renter's container has no address yet; the tunnel waits")
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot find the renter container's address for the tunnel")
+            }
         }
     }
 

@@ -82,7 +82,8 @@ fn main() -> ExitCode {
             engine_fallback_root,
             connector,
         } => run(RunOptions {
-            connector: connector.unwrap_or_else(p2pvps_governor::sandbox::tunnel::default_connector),
+            connector: connector
+                .unwrap_or_else(p2pvps_governor::sandbox::tunnel::default_connector),
             config,
             state_dir,
             container_name,

@@ -490,7 +490,11 @@ mod tests {
 
         // The tunnel's settings and state are not the renter's business: neither op exists.
         for op in ["tunnel-settings", "tunnel-state"] {
-            let a = ask(&sock, &format!(r#"{{"op": "{op}", "state": {{"state": "up"}}}}"#)).await;
+            let a = ask(
+                &sock,
+                &format!(r#"{{"op": "{op}", "state": {{"state": "up"}}}}"#),
+            )
+            .await;
             assert!(a["error"].as_str().unwrap().contains("unknown op"), "{a}");
         }
         let settings = TunnelSettings {
@@ -512,7 +516,10 @@ mod tests {
         assert!(changes.has_changed().unwrap());
         changes.borrow_and_update();
         hub.set_tunnel(Some(settings));
-        assert!(!changes.has_changed().unwrap(), "the same settings restart nothing");
+        assert!(
+            !changes.has_changed().unwrap(),
+            "the same settings restart nothing"
+        );
 
         // The keeper's state lines.
         hub.record(parse_report(Some(&json!({"state": "down", "error": "refused\n"}))).unwrap());

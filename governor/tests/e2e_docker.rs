@@ -36,8 +36,8 @@ async fn a_rental_cycle_on_the_real_engine() {
     )
     .unwrap();
     let state = tmp.path().join("state");
-    // No traffic in this test: the container needs no network.
-    let governor = start_governor(&config, &state, &name, "none");
+    let network = common::Network::create();
+    let governor = start_governor(&config, &state, &name, &network.name);
 
     // Registered, and the container runs with the login.
     let first = wait_for(

@@ -32,7 +32,8 @@ async fn a_rental_on_a_usb_drive_leaves_nothing_behind() {
     )
     .unwrap();
     let state = tmp.path().join("state");
-    let governor = start_governor(&config, &state, &name, "none");
+    let network = common::Network::create();
+    let governor = start_governor(&config, &state, &name, &network.name);
 
     let first = wait_for("the first rental", Duration::from_mins(1), async || {
         let d = admin_device(&server.url(), &device).await;

@@ -396,7 +396,11 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn address(&self, id: &str, network: &str) -> Result<Option<std::net::IpAddr>, RuntimeError> {
+    async fn address(
+        &self,
+        id: &str,
+        network: &str,
+    ) -> Result<Option<std::net::IpAddr>, RuntimeError> {
         let info = match self.docker.inspect_container(id, None).await {
             Ok(info) => info,
             Err(e) if not_found(&e) => return Ok(None),

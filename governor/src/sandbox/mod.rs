@@ -61,9 +61,9 @@ pub struct Net {
 impl Net {
     pub fn parse(s: &str) -> Result<Self, String> {
         let (addr, prefix) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or network (e.g. 192.168.1.20 or 192.168.1.0/24)"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| {
+            format!("{s:?} is not an IP address or network (e.g. 192.168.1.20 or 192.168.1.0/24)")
+        })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
@@ -218,7 +218,11 @@ mod tests {
             "192.168.1.20/32"
         );
         assert_eq!(Net::parse("fd00::/8").unwrap().to_string(), "fd00::/8");
-        assert!(Net::parse("192.168.1.0/33").unwrap_err().contains("0 to 32"));
+        assert!(
+            Net::parse("192.168.1.0/33")
+                .unwrap_err()
+                .contains("0 to 32")
+        );
         assert!(Net::parse("nas.local").unwrap_err().contains("not an IP"));
         assert!(Net::parse("1.2.3.4/x").is_err());
     }
@@ -240,13 +244,20 @@ mod tests {
         for range in BLOCKED_V4.iter().chain(&BLOCKED_V6) {
             assert!(text.contains(range), "{range} missing:\n{text}");
         }
-        let pos = |s: &str| text.find(s).unwrap_or_else(|| panic!("{s:?} missing:\n{text}"));
-        let dns = pos("iifname \"p2pvps0\" ip daddr { 192.168.1.1 } meta l4proto { tcp, udp } th dport 53 accept");
+        let pos = |s: &str| {
+            text.find(s)
+                .unwrap_or_else(|| panic!("{s:?} missing:\n{text}"))
+        };
+        let dns = pos(
+            "iifname \"p2pvps0\" ip daddr { 192.168.1.1 } meta l4proto { tcp, udp } th dport 53 accept",
+        );
         let allow = pos("iifname \"p2pvps0\" ip daddr { 192.168.1.20/32 } accept");
         let drop = pos("iifname \"p2pvps0\" ip daddr @blocked4 drop");
         assert!(dns < drop && allow < drop);
         pos("iifname \"p2pvps0\" tcp dport 25 drop");
-        pos("chain input {\n    type filter hook input priority filter - 10; policy accept;\n    iifname \"p2pvps0\" ct state established,related accept\n    iifname \"p2pvps0\" drop");
+        pos(
+            "chain input {\n    type filter hook input priority filter - 10; policy accept;\n    iifname \"p2pvps0\" ct state established,related accept\n    iifname \"p2pvps0\" drop",
+        );
 
         let open = Rules {
             policy: Policy {

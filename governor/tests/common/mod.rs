@@ -38,6 +38,55 @@ impl Drop for Cleanup {
     }
 }
 
+/// A Docker network of the test's own, as the governor makes it (a bridge named after it), removed
+/// with its nftables table when dropped.
+pub struct Network {
+    pub name: String,
+    pub bridge: String,
+    pub gateway: std::net::IpAddr,
+}
+
+impl Network {
+    pub fn create() -> Self {
+        let name = format!("p2pvps-t-{}", &random_device()[..12]);
+        let bridge = p2pvps_governor::runtime::bridge_name(&name);
+        let option = format!("com.docker.network.bridge.name={bridge}");
+        let (ok, _, err) = docker(&["network", "create", "-o", &option, &name]);
+        assert!(ok, "docker network create: {err}");
+        let (ok, gw, err) = docker(&[
+            "network",
+            "inspect",
+            "--format",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            &name,
+        ]);
+        assert!(ok, "{err}");
+        Self {
+            name,
+            bridge,
+            gateway: gw.parse().expect("gateway address"),
+        }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        // The test's containers may still be attached (locals drop in reverse order).
+        let (_, attached, _) = docker(&[
+            "network",
+            "inspect",
+            "--format",
+            "{{range .Containers}}{{.Name}} {{end}}",
+            &self.name,
+        ]);
+        for container in attached.split_whitespace() {
+            let _ = docker(&["rm", "-f", container]);
+        }
+        let _ = docker(&["network", "rm", &self.name]);
+        let _ = p2pvps_governor::sandbox::NftFirewall::remove(&self.bridge);
+    }
+}
+
 /// A devserver on 127.0.0.1 that knows `device`, with leases of `lease` (its default: one day).
 pub async fn devserver(device: &str, lease: Option<Duration>) -> p2pvps_devserver::Running {
     let mut options = p2pvps_devserver::Options {

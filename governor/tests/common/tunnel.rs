@@ -2,7 +2,6 @@
 //! Debian's sshd as the endpoint on its gateway and 127.0.0.1, the devserver, and the governor
 //! binary whose renter container joins that network.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -11,40 +10,8 @@ use p2pvps_devserver::{Options, Running, spawn};
 use p2pvps_testkit::{Endpoint, EndpointOptions, TUNNEL_USER, tunnel_password};
 
 use super::{
-    Cleanup, Governor, admin_device, docker, random_device, start_governor_with, status, wait_for,
+    Cleanup, Governor, Network, admin_device, random_device, start_governor_with, status, wait_for,
 };
-
-/// A Docker network of the test's own, removed when dropped.
-pub struct Network {
-    pub name: String,
-    pub gateway: IpAddr,
-}
-
-impl Network {
-    pub fn create() -> Self {
-        let name = format!("p2pvps-t-{}", &random_device()[..12]);
-        let (ok, _, err) = docker(&["network", "create", &name]);
-        assert!(ok, "docker network create: {err}");
-        let (ok, gw, err) = docker(&[
-            "network",
-            "inspect",
-            "--format",
-            "{{(index .IPAM.Config 0).Gateway}}",
-            &name,
-        ]);
-        assert!(ok, "{err}");
-        Self {
-            name,
-            gateway: gw.parse().expect("gateway address"),
-        }
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        let _ = docker(&["network", "rm", &self.name]);
-    }
-}
 
 /// One device: a devserver, an endpoint, a network and a governor, torn down in the right order.
 pub struct Rig {

@@ -1,0 +1,375 @@
+//! The renter sandbox from the attacker's seat (DESIGN.md §9): root in a real renter container,
+//! made by the governor binary, tries to reach the owner's LAN and the host, to find the tunnel's
+//! credential, and to break the governor's socket. Beside it: a "home LAN" and an "internet" host
+//! in a network namespace this test makes (10.x and 198.51.100.x on one veth), the devserver, and
+//! Debian's sshd as the tunnel endpoint.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::fs::FileExt as _;
+use std::process::{Child, Command, Output};
+use std::time::Duration;
+
+use common::tunnel::{Rig, login_works};
+use common::{docker, status};
+use p2pvps_governor::sandbox::NftFirewall;
+use p2pvps_testkit::tunnel_password;
+
+/// Where the "internet" host listens (TEST-NET-2, routed to the namespace by this test only).
+const OUTSIDE: &str = "198.51.100.2";
+
+/// A network namespace with one veth to the host: a LAN host at 10.X.Y.2 and an internet host at
+/// 198.51.100.2, each with a TCP listener on 8080 and 25 that says hello. Removed when dropped.
+struct Neighbours {
+    ns: String,
+    lan: String,
+    listeners: Vec<Child>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Neighbours {
+    fn start() -> Self {
+        let tag = &common::random_device()[..6];
+        let ns = format!("p2pvps-lan-{tag}");
+        let (host_if, ns_if) = (format!("pl{tag}h"), format!("pl{tag}n"));
+        let octet = |i: usize| u8::from_str_radix(&tag[i..i + 2], 16).unwrap();
+        let lan_net = format!("10.{}.{}", octet(0), octet(2));
+        let lan = format!("{lan_net}.2");
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &ns]);
+        ip(&["addr", "add", &format!("{lan_net}.1/24"), "dev", &host_if]);
+        ip(&["addr", "add", "198.51.100.1/24", "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        for addr in [format!("{lan}/24"), format!("{OUTSIDE}/24")] {
+            ip(&["-n", &ns, "addr", "add", &addr, "dev", &ns_if]);
+        }
+        ip(&["-n", &ns, "link", "set", &ns_if, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{lan_net}.1"),
+        ]);
+        let listeners = ["8080", "25"]
+            .iter()
+            .map(|port| {
+                Command::new("ip")
+                    .args(["netns", "exec", &ns, "busybox", "nc", "-ll", "-p", port])
+                    .args(["-e", "echo", &format!("hello-{port}")])
+                    .spawn()
+                    .expect("busybox nc listens")
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        Self { ns, lan, listeners }
+    }
+}
+
+impl Drop for Neighbours {
+    fn drop(&mut self) {
+        for l in &mut self.listeners {
+            let _ = l.kill();
+            let _ = l.wait();
+        }
+        // Deleting the namespace deletes its veth end, and with it the host's.
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// A listener on all of the host's addresses that greets whoever connects.
+fn host_listener() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(b"hello-host\n");
+        }
+    });
+    port
+}
+
+/// Root's `bash -c SCRIPT` in the container.
+fn root_sh(container: &str, script: &str) -> Output {
+    Command::new("docker")
+        .args(["exec", container, "bash", "-c", script])
+        .output()
+        .expect("docker exec")
+}
+
+/// What a TCP connection from the container to `addr:port` reads within 3 s (empty: none).
+fn connect_from(container: &str, addr: &str, port: u16) -> String {
+    let script = format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{addr}/{port}; head -c 64 <&3'");
+    String::from_utf8_lossy(&root_sh(container, &script).stdout)
+        .trim()
+        .to_owned()
+}
+
+/// The host's first global IPv4 address on an interface other than the test's own.
+fn host_address() -> String {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "route", "get", "192.0.2.200"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    words
+        .find(|w| *w == "src")
+        .and_then(|_| words.next())
+        .expect("the host has a source address")
+        .to_owned()
+}
+
+/// Root's scan of the container's files and every process's environment and command line for
+/// `needle` (given on stdin: on grep's command line it would find itself); what it lists.
+fn scan_files(container: &str, needle: &str) -> Output {
+    let mut scan = Command::new("docker")
+        .args(["exec", "-i", container, "bash", "-c"])
+        .arg(
+            "IFS= read -r needle; \
+             grep -rlsF -f <(printf '%s\\n' \"$needle\") --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev /; \
+             grep -lsF -f <(printf '%s\\n' \"$needle\") /proc/[0-9]*/environ /proc/[0-9]*/cmdline; true",
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    scan.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{needle}\n").as_bytes())
+        .unwrap();
+    scan.wait_with_output().unwrap()
+}
+
+/// The capability bounding set of the container's first process.
+fn bounding_set(container: &str) -> u64 {
+    let out = root_sh(container, "grep CapBnd /proc/1/status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    u64::from_str_radix(text.split_whitespace().nth(1).unwrap(), 16).unwrap()
+}
+
+/// The host pids of every process in the container.
+fn container_pids(container: &str) -> Vec<u32> {
+    let out = Command::new("docker")
+        .args(["top", container, "-eo", "pid"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Whether `needle` is in the readable memory, environment or command line of process `pid`
+/// (read from the host, as root: more than the renter can read).
+fn in_process(pid: u32, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let proc = format!("/proc/{pid}");
+    for part in ["environ", "cmdline"] {
+        let bytes = std::fs::read(format!("{proc}/{part}")).unwrap_or_default();
+        if contains(&bytes, needle) {
+            found.push(format!("{pid} {part}"));
+        }
+    }
+    let maps = std::fs::read_to_string(format!("{proc}/maps")).unwrap_or_default();
+    let Ok(mem) = std::fs::File::open(format!("{proc}/mem")) else {
+        return found;
+    };
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') {
+            continue;
+        }
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        );
+        let mut buf = vec![0u8; usize::try_from(b - a).unwrap().min(256 << 20)];
+        if let Ok(n) = mem.read_at(&mut buf, a)
+            && contains(&buf[..n], needle)
+        {
+            found.push(format!("{pid} memory {line}"));
+        }
+    }
+    found
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one attacker's session, step by step
+async fn a_renter_root_reaches_the_internet_and_nothing_of_the_owners() {
+    let neighbours = Neighbours::start();
+    let host_port = host_listener();
+    let rig = Rig::start(None).await;
+    let (user, password, port) = rig.serving(1, Duration::from_secs(90)).await;
+    login_works(port, &user, &password, Duration::from_secs(30)).await;
+    let c = rig.name.as_str();
+
+    // The test's own hosts answer the host, and a container without the rules (Docker's default
+    // bridge) reaches the LAN: the rules below are what stops the renter.
+    let mut s = TcpStream::connect((neighbours.lan.as_str(), 8080)).unwrap();
+    let mut hello = String::new();
+    s.read_to_string(&mut hello).unwrap();
+    assert_eq!(hello.trim(), "hello-8080");
+    let control = Command::new("docker")
+        .args(["run", "--rm", "--network", "bridge", "p2pvps/renter:latest"])
+        .args(["bash", "-c"])
+        .arg(format!(
+            "timeout 3 bash -c 'exec 3<>/dev/tcp/{}/8080; head -c 64 <&3'",
+            neighbours.lan
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&control.stdout).trim(),
+        "hello-8080",
+        "a plain container should reach the test's LAN host: {control:?}"
+    );
+
+    // From the renter's container: the internet yes (a public address, the Debian mirror by name),
+    // the LAN, the host and SMTP no.
+    assert_eq!(connect_from(c, OUTSIDE, 8080), "hello-8080");
+    assert_eq!(connect_from(c, OUTSIDE, 25), "", "SMTP went out");
+    assert_eq!(
+        connect_from(c, &neighbours.lan, 8080),
+        "",
+        "the LAN answered"
+    );
+    let gateway = rig.network.gateway.to_string();
+    assert_eq!(
+        connect_from(c, &gateway, host_port),
+        "",
+        "the host answered on the bridge"
+    );
+    let host = host_address();
+    assert_eq!(
+        connect_from(c, &host, host_port),
+        "",
+        "the host answered on {host}"
+    );
+    assert_eq!(connect_from(c, "169.254.169.254", 80), "");
+    let mirror = root_sh(
+        c,
+        "curl -sS -m 20 -o /dev/null -w '%{http_code}' http://deb.debian.org/debian/dists/bookworm/Release",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&mirror.stdout),
+        "200",
+        "the Debian mirror: {mirror:?}"
+    );
+    let ping = root_sh(c, &format!("ping -c 1 -W 3 {OUTSIDE}"));
+    assert!(ping.status.success(), "ping without NET_RAW: {ping:?}");
+
+    // Capabilities: raw sockets, device nodes, audit, file capabilities, capability sets gone.
+    let caps = bounding_set(c);
+    for (bit, name) in [
+        (13, "NET_RAW"),
+        (27, "MKNOD"),
+        (29, "AUDIT_WRITE"),
+        (31, "SETFCAP"),
+        (8, "SETPCAP"),
+    ] {
+        assert_eq!(
+            caps & (1 << bit),
+            0,
+            "{name} is in the bounding set {caps:x}"
+        );
+    }
+    assert!(!root_sh(c, "mknod /tmp/mem c 1 1").status.success());
+
+    // The socket's directory: read-only to the renter; the socket still answers.
+    for attack in [
+        "touch /run/p2pvps/x",
+        "rm -f /run/p2pvps/governor.sock",
+        "mkdir /run/p2pvps/governor.sock.d",
+        "mv /run/p2pvps/governor.sock /run/p2pvps/old",
+    ] {
+        let o = root_sh(c, attack);
+        assert!(!o.status.success(), "{attack} worked");
+    }
+    let o = root_sh(c, "p2pvps-storage status");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no key to manage"),
+        "the socket answers: {o:?}"
+    );
+
+    // The tunnel's password: in no file, environment, command line or memory the renter sees.
+    let secret = tunnel_password();
+    let o = scan_files(c, &secret);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "",
+        "found from inside"
+    );
+    // The same scan finds what is there: the renter's name in /etc/passwd.
+    let o = scan_files(c, &user);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("/etc/passwd"),
+        "{o:?}"
+    );
+    let pids = container_pids(c);
+    assert!(pids.len() >= 2, "the container's processes: {pids:?}");
+    let found: Vec<_> = pids
+        .iter()
+        .flat_map(|pid| in_process(*pid, secret.as_bytes()))
+        .collect();
+    assert!(found.is_empty(), "the tunnel password is in {found:?}");
+    let control: Vec<_> = pids
+        .iter()
+        .flat_map(|pid| in_process(*pid, b"/usr/sbin/sshd"))
+        .collect();
+    assert!(
+        control.iter().any(|f| f.contains("memory")),
+        "the memory scan reads nothing: {control:?}"
+    );
+
+    // status and check report the rules; they hold a restart of the container: the governor puts
+    // them back before it starts the container again.
+    let st = status(&rig.state);
+    let rules = st["networkRules"].as_str().unwrap_or_default().to_owned();
+    assert!(rules.starts_with("in place"), "{st}");
+    NftFirewall::remove(&rig.network.bridge).unwrap();
+    assert!(NftFirewall::verify(&rig.network.bridge).is_err());
+    let (ok, _, err) = docker(&["stop", "-t", "1", c]);
+    assert!(ok, "{err}");
+    common::wait_for(
+        "the container started again",
+        Duration::from_secs(30),
+        async || {
+            (docker(&["inspect", "--format", "{{.State.Running}}", c]).1 == "true").then_some(())
+        },
+    )
+    .await;
+    NftFirewall::verify(&rig.network.bridge).expect("the rules are back");
+    assert_eq!(
+        connect_from(c, &neighbours.lan, 8080),
+        "",
+        "the LAN answered"
+    );
+    drop(neighbours);
+}
