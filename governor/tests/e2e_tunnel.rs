@@ -178,15 +178,12 @@ async fn a_wrong_pinned_host_key_never_connects() {
         error.contains(&wrong) && error.contains(&rig.endpoint.fingerprint),
         "{error}"
     );
+    // The tunnel runs on the host: the container's log knows nothing of it, its password least.
     let (ok, logs) = docker_logs(&rig.name);
     assert!(ok);
     assert!(
-        logs.contains(&rig.endpoint.fingerprint),
-        "no clear line in the container log"
-    );
-    assert!(
-        !logs.contains(&tunnel_password()),
-        "the tunnel password reached the log"
+        !logs.contains(&tunnel_password()) && !logs.contains(&rig.endpoint.fingerprint),
+        "the tunnel reached the container's log: {logs}"
     );
     let lease = admin_device(&rig.base(), &rig.device).await["lease"].clone();
     let port = u16::try_from(lease["port"].as_u64().unwrap()).unwrap();

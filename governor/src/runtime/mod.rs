@@ -18,11 +18,11 @@ pub const DEVICE_LABEL: &str = "io.p2pvps.device";
 /// Where the renter's storage appears inside the container.
 pub const STORAGE_MOUNT: &str = "/media/storage";
 /// Docker's default capabilities that the renter's container does without (DESIGN.md §9): raw
-/// sockets (spoofing, sniffing; `ping` uses ICMP datagram sockets instead), device nodes, the
-/// kernel's audit log, file capabilities, and changing capability sets. What is left serves sshd,
-/// sudo, useradd, apt and the deployment packages.
-pub const DROPPED_CAPABILITIES: [&str; 5] =
-    ["NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP", "SETPCAP"];
+/// sockets (spoofing, sniffing; `ping` uses ICMP datagram sockets instead), device nodes, file
+/// capabilities, and changing capability sets. What is left serves sshd, sudo, useradd, apt and
+/// the deployment packages. AUDIT_WRITE stays: Debian's sshd ends every terminal login whose
+/// audit record the kernel refuses with EPERM (it accepts only "no audit here"), and sudo warns.
+pub const DROPPED_CAPABILITIES: [&str; 4] = ["NET_RAW", "MKNOD", "SETFCAP", "SETPCAP"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -24,6 +24,8 @@ use p2pvps_common::Backoff;
 
 /// Where the packages install the connector on the host (the `.deb` and the image).
 pub const INSTALLED_CONNECTOR: &str = "/usr/lib/p2pvps/p2pvps-connector";
+/// How long the container's sshd may take to listen before the tunnel starts anyway.
+const SSHD_WAIT: Duration = Duration::from_secs(30);
 /// How long the keeper may take to close its session before it is killed.
 const GOODBYE: Duration = Duration::from_secs(3);
 
@@ -84,6 +86,11 @@ async fn run_once(
     hub: &Hub,
     wanted: &mut watch::Receiver<Option<TunnelSettings>>,
 ) -> Ended {
+    // A tunnel up before the container's sshd listens would hand the first renter a reset.
+    tokio::select! {
+        () = wait_listening(settings.local) => {}
+        _ = wanted.changed() => return Ended::Replaced,
+    }
     let mut child = match Command::new(program)
         .args(["tunnel", "--settings", "-", "--report-json"])
         .stdin(Stdio::piped())
@@ -130,6 +137,19 @@ async fn run_once(
             }
         }
     }
+}
+
+/// Until something accepts connections at `addr` (the container's sshd), or [`SSHD_WAIT`] passed
+/// (the keeper then starts anyway: sshd may be slow, and its restarts are the connector's).
+async fn wait_listening(addr: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + SSHD_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    warn!(%addr, "the renter container's sshd does not answer yet; starting the tunnel anyway");
 }
 
 /// SIGTERM, so the keeper closes its session (the endpoint frees the port at once); SIGKILL after
