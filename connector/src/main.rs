@@ -30,9 +30,11 @@ enum Command {
         /// The settings JSON: a file, or `-` for stdin (secrets never go through the environment).
         #[arg(long)]
         settings: PathBuf,
-        /// Print each state change as one JSON line on stdout (for the governor).
+        /// Run under the governor: the settings are the first line of stdin (with `--settings -`),
+        /// each state change is one JSON line on stdout, and the end of stdin (the governor gone,
+        /// even killed) stops the tunnel, so no keeper outlives its governor.
         #[arg(long)]
-        report_json: bool,
+        supervised: bool,
     },
     /// The renter container's main process: host keys, sshd, the session count and the expiry
     /// notices (the tunnel runs outside the container).
@@ -131,9 +133,14 @@ async fn main() -> ExitCode {
         Command::Lease(args) => lease(&args),
         Command::Tunnel {
             settings,
-            report_json,
+            supervised,
         } => {
-            let settings = match TunnelSettings::load(&settings) {
+            let loaded = if supervised && settings == Path::new("-") {
+                TunnelSettings::first_line_of_stdin()
+            } else {
+                TunnelSettings::load(&settings)
+            };
+            let settings = match loaded {
                 Ok(s) => s,
                 Err(e) => {
                     error!("{e}");
@@ -141,7 +148,7 @@ async fn main() -> ExitCode {
                 }
             };
             let report = |state| match serde_json::to_string(&state) {
-                Ok(json) if report_json => {
+                Ok(json) if supervised => {
                     use std::io::Write as _;
                     let mut out = std::io::stdout().lock();
                     // The governor reading this went away: it stops the tunnel too.
@@ -150,7 +157,28 @@ async fn main() -> ExitCode {
                 Ok(json) => info!(state = %json, "tunnel state changed"),
                 Err(e) => error!(error = %e, "cannot serialise the tunnel state"),
             };
-            tunnel::run(settings, report, shutdown::signal()).await;
+            if supervised {
+                let parent_gone = async {
+                    // A blocking read on a thread of its own: it ends with the pipe.
+                    let _ = tokio::task::spawn_blocking(|| {
+                        use std::io::Read as _;
+                        let mut buf = [0u8; 64];
+                        let mut stdin = std::io::stdin();
+                        while stdin.read(&mut buf).is_ok_and(|n| n > 0) {}
+                    })
+                    .await;
+                    info!("the governor closed our stdin; stopping");
+                };
+                let stop = async {
+                    tokio::select! {
+                        () = shutdown::signal() => {}
+                        () = parent_gone => {}
+                    }
+                };
+                tunnel::run(settings, report, stop).await;
+            } else {
+                tunnel::run(settings, report, shutdown::signal()).await;
+            }
             ExitCode::SUCCESS
         }
         Command::Serve { socket, sshd } => {

@@ -95,6 +95,19 @@ impl TunnelSettings {
         Self::from_json(&text)
     }
 
+    /// Reads the settings from the first line of stdin, leaving the rest of it open (the governor
+    /// keeps it open while it wants the tunnel).
+    pub fn first_line_of_stdin() -> Result<Self, SettingsError> {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|source| SettingsError::Read {
+                path: "stdin".into(),
+                source,
+            })?;
+        Self::from_json(&line)
+    }
+
     pub fn from_json(text: &str) -> Result<Self, SettingsError> {
         let raw: RawSettings = serde_json::from_str(text)?;
         Self::try_from(raw)

@@ -19,8 +19,10 @@ struct Connector {
     /// The log.
     lines: Lines<BufReader<ChildStderr>>,
     seen: Vec<String>,
-    /// State lines, with `--report-json`.
+    /// State lines, with `--supervised`.
     states: Lines<BufReader<ChildStdout>>,
+    /// Kept open when supervised (its end stops the keeper).
+    stdin: Option<tokio::process::ChildStdin>,
 }
 
 impl Connector {
@@ -41,10 +43,11 @@ impl Connector {
             .expect("start p2pvps-connector");
         let mut stdin = child.stdin.take().unwrap();
         stdin
-            .write_all(settings.to_string().as_bytes())
+            .write_all(format!("{settings}\n").as_bytes())
             .await
             .unwrap();
-        drop(stdin); // EOF: the settings are complete
+        // Unsupervised, EOF ends the settings; supervised, the open pipe keeps the keeper going.
+        let stdin = args.contains(&"--supervised").then_some(stdin);
         let lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let states = BufReader::new(child.stdout.take().unwrap()).lines();
         Self {
@@ -52,6 +55,7 @@ impl Connector {
             lines,
             seen: Vec::new(),
             states,
+            stdin,
         }
     }
 
@@ -138,11 +142,11 @@ async fn settings_from_stdin_bring_the_tunnel_up_and_sigterm_stops_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn report_json_puts_only_state_lines_on_stdout() {
+async fn supervised_it_puts_only_state_lines_on_stdout_and_stops_with_its_stdin() {
     let endpoint = Endpoint::start();
     let remote = free_port();
     let settings = settings_json(&endpoint, remote, echo_server().await);
-    let mut connector = Connector::start_with(&settings, &["--report-json"]).await;
+    let mut connector = Connector::start_with(&settings, &["--supervised"]).await;
     let mut states = Vec::new();
     let up = tokio::time::timeout(Duration::from_secs(15), async {
         while let Ok(Some(line)) = connector.states.next_line().await {
@@ -157,11 +161,13 @@ async fn report_json_puts_only_state_lines_on_stdout() {
     .await;
     assert_eq!(up, Ok(true), "states: {states:?}");
     assert_eq!(states, ["connecting", "up"]);
-    assert_eq!(connector.terminate().await.code(), Some(0));
+    // The governor going away closes the pipe: the keeper stops by itself.
+    drop(connector.stdin.take());
+    assert_eq!(connector.exit_status().await.code(), Some(0));
+    let out = connector.output();
     assert!(
-        connector.output().contains("tunnel up"),
-        "{}",
-        connector.output()
+        out.contains("tunnel up") && out.contains("closed our stdin"),
+        "{out}"
     );
 }
 

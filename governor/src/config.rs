@@ -351,7 +351,6 @@ impl Reader<'_> {
             smtp: self.flag("allowSmtp", false)?,
         };
         Ok(DeviceConfig {
-            sandbox,
             device_id,
             server_url,
             ssh_server,
@@ -366,6 +365,7 @@ impl Reader<'_> {
             active_low,
             renter_image,
             renter_image_tar,
+            sandbox,
         })
     }
 

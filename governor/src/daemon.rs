@@ -148,7 +148,7 @@ async fn run_with_led(
         }
     }
     let _socket = socket::serve(&socket_dir, hub.clone())?;
-    let _tunnel = AbortOnDrop(tokio::spawn(tunnel::keep(
+    let _tunnel = crate::AbortOnDrop(tokio::spawn(tunnel::keep(
         opts.connector.clone(),
         hub.clone(),
     )));
@@ -176,15 +176,6 @@ async fn run_with_led(
         let lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings)
             .with_firewall(Arc::new(NftFirewall));
         drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led).await
-    }
-}
-
-/// A task that ends with the daemon (the tunnel keeper's child is killed with it).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

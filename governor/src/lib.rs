@@ -26,3 +26,12 @@ pub const EXIT_CONFIG: u8 = 78;
 
 /// Where the governor keeps its state (the SD card's state partition on the image).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/p2pvps";
+
+/// A spawned task that ends with its owner (a tunnel keeper's child is killed with it).
+pub(crate) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

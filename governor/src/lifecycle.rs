@@ -301,10 +301,10 @@ where
                 local: std::net::SocketAddr::new(ip, 22),
             })),
             Ok(None) => {
-                warn!(container = %id, "the renter's container has no address yet; the tunnel waits")
+                warn!(container = %id, "the renter's container has no address yet; the tunnel waits");
             }
             Err(e) => {
-                warn!(error = %e, "cannot find the renter container's address for the tunnel")
+                warn!(error = %e, "cannot find the renter container's address for the tunnel");
             }
         }
     }

@@ -372,3 +372,140 @@ async fn a_renter_root_reaches_the_internet_and_nothing_of_the_owners() {
     );
     drop(neighbours);
 }
+
+/// The flood helper (testkit's `p2pvps-socket-flood`), built beside this test's binary.
+fn flood_tool() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let tool = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .unwrap()
+        .join("p2pvps-socket-flood");
+    assert!(
+        tool.is_file(),
+        "{} is missing: run `cargo build -p p2pvps-testkit` (scripts/test runs the workspace's tests, which builds it)",
+        tool.display()
+    );
+    tool
+}
+
+/// One request's round trip on the governor's socket, from the host; None when the governor
+/// turned the connection away (the flood holds every place).
+fn socket_latency(state: &std::path::Path) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    let mut s = std::os::unix::net::UnixStream::connect(state.join("run/governor.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut line = String::new();
+    s.write_all(b"{\"op\":\"lease\"}\n").ok()?;
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line).ok()?;
+    (!line.contains("too many connections")).then(|| started.elapsed())
+}
+
+/// The user and system CPU time of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<u64> = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    fields.iter().sum()
+}
+
+/// The governor's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_flood_from_the_container_neither_stops_the_governor_nor_delays_the_expiration() {
+    let rig = Rig::start_with(None, Duration::from_secs(75), &[]).await;
+    rig.serving(1, Duration::from_mins(1)).await;
+    let c = rig.name.clone();
+    let lease = common::admin_device(&rig.base(), &rig.device).await["lease"].clone();
+    let expiration: chrono::DateTime<chrono::Utc> =
+        lease["expiration"].as_str().unwrap().parse().unwrap();
+    let (ok, _, err) = docker(&[
+        "cp",
+        flood_tool().to_str().unwrap(),
+        &format!("{c}:/tmp/flood"),
+    ]);
+    assert!(ok, "{err}");
+    let governor = rig.pid();
+    let rss_before = rss_kib(governor);
+    let cpu_before = cpu_ticks(governor);
+
+    // Root in the container: 2,000 connections at once, 10,000 requests, 50 wrong passphrases.
+    let mut flood = Command::new("docker")
+        .args([
+            "exec",
+            &c,
+            "/tmp/flood",
+            "/run/p2pvps/governor.sock",
+            "2000",
+            "10000",
+            "50",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut latencies = Vec::new();
+    let mut rss_peak = rss_before;
+    let flooded = loop {
+        latencies.push(socket_latency(&rig.state));
+        rss_peak = rss_peak.max(rss_kib(governor));
+        assert_eq!(status(&rig.state)["phase"], "serving", "status answers");
+        if flood.try_wait().unwrap().is_some()
+            || chrono::Utc::now() > expiration - chrono::Duration::seconds(3)
+        {
+            break flood.wait_with_output().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let figures = String::from_utf8_lossy(&flooded.stdout).trim().to_owned();
+    let cpu = cpu_ticks(governor) - cpu_before;
+    let answered: Vec<_> = latencies.iter().flatten().collect();
+    eprintln!(
+        "flood: {figures}; socket from the host: {} of {} requests answered, slowest {:?}; governor RSS {rss_before} KiB before, {rss_peak} KiB peak, CPU {cpu} ticks",
+        answered.len(),
+        latencies.len(),
+        answered.iter().max()
+    );
+    assert!(figures.contains("answered=10000"), "{figures}");
+    assert!(figures.contains("refused="), "{figures}");
+    let held: usize = figures
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("held="))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(held <= 16, "the governor kept {held} connections open");
+    let fds = std::fs::read_dir(format!("/proc/{governor}/fd"))
+        .unwrap()
+        .count();
+    assert!(
+        fds < 100,
+        "the governor holds {fds} descriptors after the flood"
+    );
+
+    // The rental still ends on time: the container is gone within 2 s of the expiration.
+    let gone = common::wait_for(
+        "the container removed",
+        Duration::from_mins(1),
+        async || {
+            let (exists, _, _) = docker(&["inspect", &c]);
+            (!exists).then(chrono::Utc::now)
+        },
+    )
+    .await;
+    let late = (gone - expiration).num_milliseconds();
+    eprintln!("container gone {late} ms after the expiration");
+    assert!(late <= 2000, "the expiration was enforced {late} ms late");
+}

@@ -7,7 +7,8 @@
 //! The lifecycle says which tunnel should run (`Hub::set_tunnel`); this task starts the keeper,
 //! restarts it with backoff when it exits, replaces it when the settings change (a new rental, the
 //! container's new address) and stops it (SIGTERM: it says goodbye to the endpoint, freeing the
-//! port) between rentals. The keeper's state lines (`--report-json`) go to the hub for `status`.
+//! port) between rentals. The keeper's state lines (`--supervised`) go to the hub for `status`; its
+//! stdin stays open while it is wanted, so it stops when the governor dies, however it dies.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,13 +18,15 @@ use chrono::Utc;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::socket::{Hub, TunnelReport, TunnelSettings, parse_report};
 use p2pvps_common::Backoff;
 
 /// Where the packages install the connector on the host (the `.deb` and the image).
 pub const INSTALLED_CONNECTOR: &str = "/usr/lib/p2pvps/p2pvps-connector";
+/// The connector's exit status for settings it cannot use.
+const EX_CONFIG: i32 = 78;
 /// How long the container's sshd may take to listen before the tunnel starts anyway.
 const SSHD_WAIT: Duration = Duration::from_secs(30);
 /// How long the keeper may take to close its session before it is killed.
@@ -54,8 +57,21 @@ pub async fn keep(program: PathBuf, hub: Hub) {
         let why = match run_once(&program, &settings, &hub, &mut wanted).await {
             Ended::Replaced => continue,
             Ended::Exited(why) => why,
+            Ended::Refused(why) => {
+                error!(error = %why, "the tunnel's settings are refused; fix sshServer, sshUser, sshPassword or sshKey in device-config.json");
+                hub.record(TunnelReport {
+                    state: "down".into(),
+                    error: Some(why),
+                    reported_at: Utc::now(),
+                    sessions: 0,
+                });
+                if wanted.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
         };
-        if started.elapsed() > Duration::from_secs(60) {
+        if started.elapsed() > Duration::from_mins(1) {
             backoff.reset();
         }
         let delay = backoff.next_delay();
@@ -76,6 +92,8 @@ pub async fn keep(program: PathBuf, hub: Hub) {
 enum Ended {
     /// The settings changed (or the rental ended): the keeper was stopped on purpose.
     Replaced,
+    /// The keeper refused its settings (EX_CONFIG): no restart helps until they change.
+    Refused(String),
     /// The keeper exited (or could not start) by itself.
     Exited(String),
 }
@@ -92,7 +110,7 @@ async fn run_once(
         _ = wanted.changed() => return Ended::Replaced,
     }
     let mut child = match Command::new(program)
-        .args(["tunnel", "--settings", "-", "--report-json"])
+        .args(["tunnel", "--settings", "-", "--supervised"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -104,13 +122,16 @@ async fn run_once(
     };
     info!(pid = child.id().unwrap_or(0), endpoint = %format!("{}:{}", settings.endpoint.server, settings.endpoint.server_port),
         port = settings.remote_port, to = %settings.local, "tunnel keeper started on the host");
-    if let Some(mut stdin) = child.stdin.take() {
-        let text = settings.to_wire().to_string();
-        // Dropping stdin closes it: the keeper reads to the end.
-        if let Err(e) = stdin.write_all(text.as_bytes()).await {
-            stop(&mut child).await;
-            return Ended::Exited(format!("cannot hand over the tunnel settings: {e}"));
-        }
+    // The settings as one line; stdin then stays open as long as this keeper is wanted: its end
+    // (this governor gone, even killed) stops the keeper.
+    let Some(mut stdin) = child.stdin.take() else {
+        stop(&mut child).await;
+        return Ended::Exited("no stdin to the tunnel keeper".into());
+    };
+    let line = format!("{}\n", settings.to_wire());
+    if let Err(e) = stdin.write_all(line.as_bytes()).await {
+        stop(&mut child).await;
+        return Ended::Exited(format!("cannot hand over the tunnel settings: {e}"));
     }
     let Some(stdout) = child.stdout.take() else {
         stop(&mut child).await;
@@ -127,8 +148,11 @@ async fn run_once(
                     }
                 }
                 Ok(None) | Err(_) => {
-                    let status = child.wait().await;
-                    return Ended::Exited(format!("the tunnel keeper exited ({})", status.map_or_else(|e| e.to_string(), |s| s.to_string())));
+                    return match child.wait().await {
+                        Ok(s) if s.code() == Some(EX_CONFIG) => Ended::Refused(format!("the tunnel keeper refused its settings ({s}); its log says why")),
+                        Ok(s) => Ended::Exited(format!("the tunnel keeper exited ({s})")),
+                        Err(e) => Ended::Exited(format!("the tunnel keeper: {e}")),
+                    };
                 }
             },
             _ = wanted.changed() => {

@@ -86,6 +86,11 @@ impl Rig {
         }
     }
 
+    /// The governor's process id.
+    pub fn pid(&self) -> u32 {
+        self.governor.as_ref().unwrap().0.id()
+    }
+
     /// The marketplace ends the current rental now.
     pub async fn expire(&self) {
         let r = super::http()

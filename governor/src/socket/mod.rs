@@ -29,6 +29,10 @@ use tracing::{info, warn};
 use crate::storage::VolumeKeys;
 use crate::types::Secret;
 
+pub mod limits;
+
+use limits::{IDLE, MAX_CONNECTIONS, PassphraseBackoff, RateLimit};
+
 /// The socket's file name inside the shared directory.
 pub const SOCKET_NAME: &str = "governor.sock";
 /// Where the shared directory appears inside the container.
@@ -129,6 +133,10 @@ pub struct Hub {
     key_lock: Arc<tokio::sync::Mutex<()>>,
     /// The engine's data root is on the volume: an unlock brings the renter's own container back.
     engine_on_volume: bool,
+    /// The renter's request rate, over all connections.
+    rate: Arc<RateLimit>,
+    /// The wait after wrong passphrases.
+    passphrases: Arc<PassphraseBackoff>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -149,6 +157,8 @@ impl Default for Hub {
             keys: None,
             key_lock: Arc::default(),
             engine_on_volume: false,
+            rate: Arc::default(),
+            passphrases: Arc::default(),
         }
     }
 }
@@ -160,6 +170,8 @@ struct HubInner {
     report_file: Option<PathBuf>,
     /// The storage volume of the rental in force.
     volume: Option<String>,
+    /// When a renter-reported sessions count was last saved.
+    sessions_saved: Option<tokio::time::Instant>,
     lease: Option<LeaseNotice>,
 }
 
@@ -271,6 +283,12 @@ impl Hub {
             (Ok(p), Ok(o)) => (p, o),
             (Err(e), _) | (_, Err(e)) => return json!({"ok": false, "error": e}),
         };
+        let derives = op != "storage-status";
+        if derives && let Err(wait) = self.passphrases.check() {
+            return json!({"ok": false, "error": format!(
+                "a wrong passphrase was given: try again in {} s", wait.as_secs().max(1)
+            )});
+        }
         let op = op.to_owned();
         let restarts = self.engine_on_volume;
         let _one_at_a_time = self.key_lock.lock().await;
@@ -287,6 +305,12 @@ impl Hub {
             _ => Ok(json!({"ok": false, "error": "missing \"passphrase\""})),
         })
         .await;
+        if derives {
+            match &answer {
+                Ok(Ok(_)) => self.passphrases.succeeded(),
+                _ => self.passphrases.failed(),
+            }
+        }
         match answer {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
@@ -327,19 +351,26 @@ impl Hub {
         }
     }
 
+    /// The renter's own count: the LED follows it at once; the log and the saved report (SD card
+    /// writes) at most every [`SESSIONS_QUIET`], so a renter flipping it cannot wear the card.
     fn record_sessions(&self, count: u32) {
-        if self.sessions.send_replace(count) != count {
-            info!(sessions = count, "renter sessions");
+        self.sessions.send_replace(count);
+        let now = tokio::time::Instant::now();
+        {
+            let mut inner = self.inner.lock().unwrap();
+            if inner
+                .sessions_saved
+                .is_some_and(|t| now < t + SESSIONS_QUIET)
+            {
+                return;
+            }
+            inner.sessions_saved = Some(now);
         }
-        let mut inner = self.inner.lock().unwrap();
-        if let Some(mut report) = inner.report.take() {
-            report.sessions = count;
-            drop(inner);
-            self.record(report);
-        }
+        self.flush_sessions();
     }
 
-    /// Keep the tunnel's state (from the keeper) for `status` and the log.
+    /// Keep the tunnel's state (from the keeper) for `status` and the log; written to the state
+    /// dir only when it changed.
     pub fn record(&self, mut report: TunnelReport) {
         report.sessions = *self.sessions.borrow();
         let mut inner = self.inner.lock().unwrap();
@@ -351,14 +382,37 @@ impl Hub {
             } else {
                 info!(state = %report.state, "tunnel {}", report.state);
             }
-        }
-        if let Some(f) = &inner.report_file
-            && let Err(e) =
-                write_atomic(f, &serde_json::to_vec(&report).expect("report serialises"))
-        {
-            warn!(error = %e, "cannot save the tunnel state");
+            save_report(inner.report_file.as_deref(), &report);
         }
         inner.report = Some(report);
+    }
+
+    /// Save a sessions count that [`SESSIONS_QUIET`] held back (called every so often).
+    fn flush_sessions(&self) {
+        let count = *self.sessions.borrow();
+        let mut inner = self.inner.lock().unwrap();
+        let inner = &mut *inner;
+        if let Some(report) = &mut inner.report
+            && report.sessions != count
+        {
+            report.sessions = count;
+            info!(
+                sessions = count,
+                "renter sessions (reported by the renter's container)"
+            );
+            save_report(inner.report_file.as_deref(), report);
+        }
+    }
+}
+
+/// How often a renter-reported sessions count may reach the log and the state dir.
+const SESSIONS_QUIET: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn save_report(file: Option<&Path>, report: &TunnelReport) {
+    if let Some(f) = file
+        && let Err(e) = write_atomic(f, &serde_json::to_vec(report).expect("report serialises"))
+    {
+        warn!(error = %e, "cannot save the tunnel state");
     }
 }
 
@@ -424,12 +478,29 @@ pub fn serve(dir: &Path, hub: Hub) -> Result<tokio::task::JoinHandle<()>, Socket
             .map_err(io("chmod", &path))?;
     }
     info!(socket = %path.display(), "renter socket listening");
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let flusher = hub.clone();
     Ok(tokio::spawn(async move {
+        let _flush = crate::AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SESSIONS_QUIET).await;
+                flusher.flush_sessions();
+            }
+        }));
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(connection(stream, hub.clone()));
-                }
+                Ok((stream, _)) => match open.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let hub = hub.clone();
+                        tokio::spawn(async move {
+                            connection(stream, hub).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tokio::spawn(refuse(stream));
+                    }
+                },
                 Err(e) => {
                     warn!(error = %e, "renter socket accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -439,6 +510,12 @@ pub fn serve(dir: &Path, hub: Hub) -> Result<tokio::task::JoinHandle<()>, Socket
     }))
 }
 
+/// Over [`MAX_CONNECTIONS`]: one line saying so, then the connection closes.
+async fn refuse(mut stream: UnixStream) {
+    let answer = b"{\"ok\":false,\"error\":\"too many connections to the governor; close some and try again\"}\n";
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(answer)).await;
+}
+
 async fn connection(stream: UnixStream, hub: Hub) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -446,16 +523,17 @@ async fn connection(stream: UnixStream, hub: Hub) {
         let mut line = Vec::new();
         // Take<&mut BufReader> reads through the shared buffer: pipelined lines are not lost.
         let mut limited = (&mut reader).take(LINE_LIMIT as u64 + 1);
-        match limited.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) if line.len() > LINE_LIMIT => {
-                let _ = write
-                    .write_all(b"{\"ok\":false,\"error\":\"line too long\"}\n")
-                    .await;
-                return;
-            }
-            Ok(_) => {}
+        match tokio::time::timeout(IDLE, limited.read_until(b'\n', &mut line)).await {
+            Err(_) | Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(_)) => {}
         }
+        if line.len() > LINE_LIMIT {
+            let _ = write
+                .write_all(b"{\"ok\":false,\"error\":\"line too long\"}\n")
+                .await;
+            return;
+        }
+        hub.rate.admit().await;
         let text = String::from_utf8_lossy(&line);
         let mut answer = hub.respond(text.trim_end()).await.to_string();
         answer.push('\n');
