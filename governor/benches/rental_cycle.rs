@@ -56,7 +56,7 @@ fn governor(dir: &Path, base: &str, id: &str, name: &str, heartbeat: u64) -> Gov
     let config = dir.join("device-config.json");
     std::fs::write(
         &config,
-        format!(r#"{{"deviceId": "{id}", "serverUrl": "{base}", "storageDevice": "none", "heartbeatSeconds": {heartbeat}, "led": "none"}}"#),
+        format!(r#"{{"deviceId": "{id}", "serverUrl": "{base}", "storageDevice": "none", "storageSizeMb": 64, "heartbeatSeconds": {heartbeat}, "led": "none"}}"#),
     )
     .unwrap();
     let child = Command::new(BIN)

@@ -43,7 +43,12 @@ const KEYS: &[&str] = &[
     "renterImageTar",
     "lanAllow",
     "allowSmtp",
+    "storageSizeMb",
 ];
+
+/// The renter's volume with `storageDevice: "none"`, in MiB: room for a renter, without taking a
+/// small host's disk.
+pub const DEFAULT_STORAGE_SIZE_MB: u64 = 8192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -129,6 +134,8 @@ pub struct DeviceConfig {
     pub renter_image_tar: Option<PathBuf>,
     /// What the renter may reach besides the internet: LAN addresses the owner allows, and SMTP.
     pub sandbox: Policy,
+    /// With `storageDevice: "none"`: the size of each rental's volume, in MiB.
+    pub storage_size_mb: u64,
 }
 
 impl DeviceConfig {
@@ -193,10 +200,13 @@ impl DeviceConfig {
         let storage = match &self.storage_device {
             StorageDevice::Auto => "auto (the largest USB drive)".to_owned(),
             StorageDevice::Path(p) => p.display().to_string(),
-            StorageDevice::None => "none (directory on the state partition)".to_owned(),
+            StorageDevice::None => "none (a fixed-size volume on the state partition)".to_owned(),
         };
         line("storageDevice", &storage);
         line("encryptStorage", &self.encrypt_storage);
+        if self.storage_device == StorageDevice::None {
+            line("storageSizeMb", &self.storage_size_mb);
+        }
         let led = match self.led {
             Led::Gpio(n) => format!("GPIO {n}"),
             Led::Act => "ACT (on-board)".to_owned(),
@@ -346,6 +356,18 @@ impl Reader<'_> {
                 let default = Path::new(DEFAULT_RENTER_IMAGE_TAR);
                 default.is_file().then(|| default.to_owned())
             });
+        let storage_size_mb = match self.map.get("storageSizeMb") {
+            None => DEFAULT_STORAGE_SIZE_MB,
+            Some(v) => match number(v) {
+                Some(n @ 16..=16_777_216) => n.unsigned_abs(),
+                _ => {
+                    return Err(self.invalid(
+                        "storageSizeMb",
+                        format!("must be a whole number of MB from 16 to 16777216, got {v}"),
+                    ));
+                }
+            },
+        };
         let sandbox = Policy {
             allow: self.lan_allow()?,
             smtp: self.flag("allowSmtp", false)?,
@@ -366,6 +388,7 @@ impl Reader<'_> {
             renter_image,
             renter_image_tar,
             sandbox,
+            storage_size_mb,
         })
     }
 

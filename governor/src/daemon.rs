@@ -172,7 +172,7 @@ async fn run_with_led(
                 "storage is a directory (storageDevice none): Docker's data root stays where it is"
             );
         }
-        let storage = DirStorage::new(&storage_root);
+        let storage = DirStorage::new(&storage_root).sized(config.storage_size_mb << 20);
         let lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings)
             .with_firewall(Arc::new(NftFirewall));
         drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led).await

@@ -12,9 +12,14 @@ use common::{Cleanup, admin_device, docker, random_device, start_governor, statu
 
 const LEASE: Duration = Duration::from_secs(20);
 
+/// The rentals' volumes, as mounted (their image files beside them are not listed).
 fn storage_dirs(state: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(state.join("storage"))
-        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .map(|d| {
+            d.map(|e| e.unwrap().path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -31,7 +36,7 @@ async fn a_rental_cycle_on_the_real_engine() {
     std::fs::write(
         &config,
         format!(
-            r#"{{"deviceId": "{device}", "serverUrl": "{base}", "storageDevice": "none", "heartbeatSeconds": 2, "led": "none"}}"#
+            r#"{{"deviceId": "{device}", "serverUrl": "{base}", "storageDevice": "none", "storageSizeMb": 64, "heartbeatSeconds": 2, "led": "none"}}"#
         ),
     )
     .unwrap();

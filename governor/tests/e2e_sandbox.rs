@@ -301,6 +301,20 @@ async fn a_renter_root_reaches_the_internet_and_nothing_of_the_owners() {
     }
     assert!(!root_sh(c, "mknod /tmp/mem c 1 1").status.success());
 
+    // The storage: filling it stops at its size (storageSizeMb 64) with ENOSPC.
+    let fill = root_sh(
+        c,
+        "dd if=/dev/zero of=/media/storage/fill bs=1M count=200 conv=fsync; stat -c %s /media/storage/fill",
+    );
+    let err = String::from_utf8_lossy(&fill.stderr);
+    assert!(err.contains("No space left on device"), "{fill:?}");
+    let size: u64 = String::from_utf8_lossy(&fill.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(size <= 64 << 20, "wrote {size} bytes into a 64 MB volume");
+    root_sh(c, "rm -f /media/storage/fill");
+
     // The socket's directory: read-only to the renter; the socket still answers.
     for attack in [
         "touch /run/p2pvps/x",

@@ -283,7 +283,12 @@ impl Hub {
             (Ok(p), Ok(o)) => (p, o),
             (Err(e), _) | (_, Err(e)) => return json!({"ok": false, "error": e}),
         };
+        // Only a key derivation is costly: a wrong passphrase makes the next one wait, and
+        // nothing but a right one (not a malformed request) ends the wait.
         let derives = op != "storage-status";
+        if derives && passphrase.is_none() {
+            return json!({"ok": false, "error": "missing \"passphrase\""});
+        }
         if derives && let Err(wait) = self.passphrases.check() {
             return json!({"ok": false, "error": format!(
                 "a wrong passphrase was given: try again in {} s", wait.as_secs().max(1)
@@ -679,6 +684,7 @@ mod tests {
 
         fn unlock(&self, id: &str, passphrase: &Secret) -> Result<PathBuf, StorageError> {
             if passphrase.expose().starts_with("wrong") {
+                self.calls.lock().unwrap().push(format!("wrong {id}"));
                 return Err(StorageError::Refused("wrong passphrase".into()));
             }
             self.calls.lock().unwrap().push(format!("unlock {id}"));
@@ -715,6 +721,18 @@ mod tests {
         )
         .await;
         assert_eq!(a, json!({"ok": false, "error": "wrong passphrase"}));
+        // The next guesses wait: answered at once, no derivation made.
+        for _ in 0..5 {
+            let a = ask(
+                &sock,
+                r#"{"op": "storage-unlock", "passphrase": "wrong again"}"#,
+            )
+            .await;
+            assert!(
+                a["error"].as_str().unwrap().contains("try again in 1 s"),
+                "{a}"
+            );
+        }
         for (bad, want) in [
             (r#"{"op": "storage-unlock"}"#, "missing \"passphrase\""),
             (
@@ -736,7 +754,7 @@ mod tests {
         }
         assert_eq!(
             *keys.calls.lock().unwrap(),
-            ["status vol1", "set vol1 long enough None"]
+            ["status vol1", "set vol1 long enough None", "wrong vol1"]
         );
         hub.set_volume(None);
         let a = ask(

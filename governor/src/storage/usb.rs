@@ -1422,7 +1422,7 @@ fn has_luks_magic(bytes: &[u8]) -> bool {
 
 /// Unmount `mount_point`. "target is busy" lasts a moment when another thread's child has just
 /// inherited a descriptor of a file on it (see `open_exclusive`); a real user outlasts the retries.
-fn umount(mount_point: &Path) -> Result<(), StorageError> {
+pub(crate) fn umount(mount_point: &Path) -> Result<(), StorageError> {
     let mut tries = 0;
     while let Err(e) = run("umount", [mount_point.as_os_str()]) {
         // Gone already: a mount under a shared mount is listed once per peer, and unmounting one

@@ -61,7 +61,7 @@ impl Rig {
         std::fs::write(
             &config,
             format!(
-                r#"{{"deviceId": "{device}", "serverUrl": "{}", "storageDevice": "none", "heartbeatSeconds": 2,
+                r#"{{"deviceId": "{device}", "serverUrl": "{}", "storageDevice": "none", "storageSizeMb": 64, "heartbeatSeconds": 2,
                     "led": "none", "sshServer": "{}", "sshServerPort": {}, "sshUser": "{TUNNEL_USER}",
                     "sshPassword": "{}"{pin}}}"#,
                 server.url(),
