@@ -227,6 +227,32 @@ async fn a_dead_link_is_noticed_by_keepalives_and_healed() {
     keeper.stop().await;
 }
 
+/// The endpoint's shipped config lets a device hold only the marketplace's ports (6000-6200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_refuses_ports_outside_the_marketplace_range() {
+    let endpoint = Endpoint::start_with(EndpointOptions {
+        marketplace_ports: true,
+        ..EndpointOptions::default()
+    });
+    let local = echo_server().await;
+    let outside = free_port();
+    assert!(!(6000..=6200).contains(&outside));
+    let mut keeper = Keeper::start(parse(&settings_json(&endpoint, outside, local)));
+    keeper
+        .wait_down_after(0, "refused the remote forward", UP_QUICKLY)
+        .await;
+    keeper.stop().await;
+
+    // A port of the range, free on this host, is granted.
+    let inside = (6000..=6200)
+        .find(|p| StdListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port in 6000-6200");
+    let mut keeper = Keeper::start(parse(&settings_json(&endpoint, inside, local)));
+    keeper.wait_up_after(0, UP_QUICKLY).await;
+    wait_usable(inside, UP_QUICKLY).await;
+    keeper.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_port_is_refused_then_recovered() {
     let endpoint = Endpoint::start();

@@ -111,7 +111,32 @@ pub async fn run(config_path: &Path, env: &CheckEnv) -> Vec<Line> {
     lines.push(dm_crypt(&config, env));
     lines.push(server(&config).await);
     lines.push(tunnel(&config).await);
+    lines.extend(tunnel_key(&config, env));
     lines
+}
+
+/// With `sshKey`: the key's public half, for the marketplace's operator (or that it will be made).
+fn tunnel_key(config: &DeviceConfig, env: &CheckEnv) -> Option<Line> {
+    use crate::sandbox::tunnel;
+    let key = config.ssh_key.as_ref()?;
+    let path = tunnel::key_path(&env.state_dir, key);
+    if *key == crate::config::SshKey::Generate && !path.exists() {
+        return Some(Line::ok(
+            "tunnel key",
+            "made at the governor's first start; `p2pvps-governor status` then shows its public half",
+        ));
+    }
+    Some(match tunnel::public_key(&path) {
+        Ok(public) => Line::ok(
+            "tunnel key",
+            format!("{public} (the marketplace's operator authorizes this line)"),
+        ),
+        Err(e) => Line::fail(
+            "tunnel key",
+            e.to_string(),
+            "sshKey must name an unencrypted OpenSSH private key file, or say \"generate\"",
+        ),
+    })
 }
 
 /// Expirations are wall-clock times: under systemd, timesyncd must have synchronised the clock

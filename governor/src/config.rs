@@ -44,6 +44,7 @@ const KEYS: &[&str] = &[
     "lanAllow",
     "allowSmtp",
     "storageSizeMb",
+    "sshKey",
 ];
 
 /// The renter's volume with `storageDevice: "none"`, in MiB: room for a renter, without taking a
@@ -96,6 +97,15 @@ pub enum StorageDevice {
     None,
 }
 
+/// Where the device's tunnel key comes from (`sshKey`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshKey {
+    /// Made by the device on its first start, kept in the state dir (`"generate"`).
+    Generate,
+    /// An OpenSSH private key file the owner provides (an absolute path).
+    File(PathBuf),
+}
+
 /// The status LED.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Led {
@@ -121,6 +131,8 @@ pub struct DeviceConfig {
     pub ssh_password: Option<Secret>,
     /// `SHA256:…` fingerprint the endpoint's host key must match, when pinned.
     pub ssh_host_key: Option<String>,
+    /// The device's own key for the tunnel endpoint, used before the shared password.
+    pub ssh_key: Option<SshKey>,
     /// Seconds between check-ins (the server answers with the expiration).
     pub heartbeat_seconds: u64,
     pub storage_device: StorageDevice,
@@ -196,6 +208,12 @@ impl DeviceConfig {
             "sshHostKey",
             &self.ssh_host_key.as_deref().unwrap_or("(not pinned)"),
         );
+        let key = match &self.ssh_key {
+            None => "(none: the password)".to_owned(),
+            Some(SshKey::Generate) => "generate (made in the state dir)".to_owned(),
+            Some(SshKey::File(p)) => p.display().to_string(),
+        };
+        line("sshKey", &key);
         line("heartbeat", &format!("{} s", self.heartbeat_seconds));
         let storage = match &self.storage_device {
             StorageDevice::Auto => "auto (the largest USB drive)".to_owned(),
@@ -298,6 +316,20 @@ impl Reader<'_> {
                     .map_err(|r| self.invalid("sshHostKey", r))
             })
             .transpose()?;
+        let ssh_key = match self.string("sshKey")?.as_deref() {
+            None => None,
+            Some("generate") => Some(SshKey::Generate),
+            Some(p) if p.starts_with('/') && !p.contains("..") => Some(SshKey::File(p.into())),
+            Some(other) => {
+                return Err(self.invalid(
+                    "sshKey",
+                    format!(
+                        "must be \"generate\" or the absolute path of a private key file, got {:?}",
+                        shorten(other)
+                    ),
+                ));
+            }
+        };
         let heartbeat_seconds = match self.map.get("heartbeatSeconds") {
             None => DEFAULT_HEARTBEAT_SECONDS,
             Some(v) => match number(v) {
@@ -380,6 +412,7 @@ impl Reader<'_> {
             ssh_user,
             ssh_password,
             ssh_host_key,
+            ssh_key,
             heartbeat_seconds,
             storage_device,
             encrypt_storage,
@@ -712,6 +745,35 @@ mod tests {
     }
 
     #[test]
+    fn the_sandbox_keys_read_with_their_defaults() {
+        let c = DeviceConfig::parse(
+            Path::new("t.json"),
+            &format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x"}}"#),
+        )
+        .unwrap();
+        assert_eq!(c.sandbox, Policy::default());
+        assert_eq!(c.storage_size_mb, DEFAULT_STORAGE_SIZE_MB);
+        assert_eq!(c.ssh_key, None);
+        let c = DeviceConfig::parse(
+            Path::new("t.json"),
+            &format!(
+                r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "lanAllow": ["192.168.1.20", "fd00::/8"],
+                    "allowSmtp": true, "storageSizeMb": "64", "sshKey": "generate"}}"#
+            ),
+        )
+        .unwrap();
+        let allowed: Vec<String> = c.sandbox.allow.iter().map(ToString::to_string).collect();
+        assert_eq!(allowed, ["192.168.1.20/32", "fd00::/8"]);
+        assert!(c.sandbox.smtp);
+        assert_eq!(c.storage_size_mb, 64);
+        assert_eq!(c.ssh_key, Some(SshKey::Generate));
+        assert!(
+            c.summary()
+                .contains("lanAllow         192.168.1.20/32, fd00::/8")
+        );
+    }
+
+    #[test]
     #[allow(clippy::too_many_lines)] // a table of cases
     fn errors_name_the_key_and_the_fix() {
         let cases: &[(&str, &str)] = &[
@@ -759,6 +821,30 @@ mod tests {
             (
                 &format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "serverIp": "y"}}"#),
                 "not both",
+            ),
+            (
+                &format!(
+                    r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "lanAllow": "10.0.0.5"}}"#
+                ),
+                "key \"lanAllow\": must be a list such as",
+            ),
+            (
+                &format!(
+                    r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "lanAllow": ["nas.local"]}}"#
+                ),
+                "key \"lanAllow\": \"nas.local\" is not an IP address or network",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "allowSmtp": "yes"}}"#),
+                "key \"allowSmtp\": must be true or false",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "storageSizeMb": 1}}"#),
+                "key \"storageSizeMb\": must be a whole number of MB from 16",
+            ),
+            (
+                &format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "sshKey": "key.pem"}}"#),
+                "key \"sshKey\": must be \"generate\" or the absolute path",
             ),
             (
                 &format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://x", "devicId": "y"}}"#),

@@ -135,6 +135,7 @@ async fn run_with_led(
         server_port: config.ssh_server_port.get(),
         user: config.ssh_user.clone(),
         password: config.ssh_password.clone(),
+        private_key: tunnel_key(&config, &opts.state_dir),
         host_key: config.ssh_host_key.clone(),
     });
     let socket_dir = socket::host_dir(&opts.state_dir);
@@ -176,6 +177,22 @@ async fn run_with_led(
         let lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings)
             .with_firewall(Arc::new(NftFirewall));
         drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led).await
+    }
+}
+
+/// The device's key for the tunnel endpoint (`sshKey`), made on the first start when asked. A key
+/// that cannot be had leaves the password: the log says why.
+fn tunnel_key(config: &DeviceConfig, state_dir: &Path) -> Option<tunnel::PrivateKey> {
+    let key = config.ssh_key.as_ref()?;
+    match tunnel::device_key(state_dir, key, config.device_id.as_str()) {
+        Ok((private, public)) => {
+            info!(public = %public, "tunnel key");
+            Some(private)
+        }
+        Err(e) => {
+            warn!(error = %e, "no tunnel key; the tunnel logs in with sshPassword, if set");
+            None
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use chrono::{DateTime, Local, Utc};
 use serde::Serialize;
 
 use crate::sandbox::NftFirewall;
+use crate::sandbox::tunnel::PUBLIC_KEY_FILE;
 use crate::socket::{TUNNEL_FILE, TunnelReport};
 use crate::state::{State, StateError, StateStore};
 use crate::storage::UsbStorage;
@@ -34,6 +35,8 @@ pub struct StatusView {
     /// The renter's network rules: `in place (bridge …)` or what is wrong; None before the first
     /// rental.
     pub network_rules: Option<String>,
+    /// The public half of the device's tunnel key, for the marketplace's operator.
+    pub tunnel_key: Option<String>,
 }
 
 impl StatusView {
@@ -53,6 +56,7 @@ impl StatusView {
                 tunnel: None,
                 storage_key: None,
                 network_rules: None,
+                tunnel_key: None,
             };
         };
         Self {
@@ -69,6 +73,7 @@ impl StatusView {
             tunnel: None,
             storage_key: None,
             network_rules: s.network_rules.clone(),
+            tunnel_key: None,
         }
     }
 
@@ -124,6 +129,9 @@ impl StatusView {
         if let Some(r) = &self.network_rules {
             line("network rules", r);
         }
+        if let Some(k) = &self.tunnel_key {
+            line("tunnel key", k);
+        }
         line("rentals done", &self.rentals_completed.to_string());
         if let Some(at) = self.last_heartbeat {
             let result = self.last_heartbeat_error.as_deref().unwrap_or("ok");
@@ -162,6 +170,9 @@ pub fn load(store: &StateStore) -> Result<StatusView, StateError> {
     view.tunnel = std::fs::read(store.dir().join(TUNNEL_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    view.tunnel_key = std::fs::read_to_string(store.dir().join(PUBLIC_KEY_FILE))
+        .ok()
+        .map(|k| k.trim().to_owned());
     if let Some(bridge) = view.network_rules.take() {
         view.network_rules = Some(match NftFirewall::verify(&bridge) {
             Ok(()) => format!("in place (bridge {bridge})"),

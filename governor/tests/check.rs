@@ -64,7 +64,7 @@ async fn all_ok_and_each_fail_with_its_fix() {
     .unwrap();
     assert!(all.success, "{}", all.text);
     for item in [
-        "config", "clock", "docker", "image", "storage", "dm-crypt", "server", "tunnel",
+        "config", "clock", "docker", "image", "sandbox", "storage", "dm-crypt", "server", "tunnel",
     ] {
         assert!(all.ok(item), "{item}: {}", all.text);
     }

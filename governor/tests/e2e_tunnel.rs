@@ -284,3 +284,70 @@ async fn the_renter_is_told_before_the_rental_ends() {
         "{text}"
     );
 }
+
+/// `sshKey: "generate"`: the device makes its own key on its first start, `status` shows the
+/// public half, and once the operator authorizes it the tunnel logs in with it (no password in the
+/// config at all); the private key is nowhere in the renter's container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_key_made_on_the_first_start_logs_the_tunnel_in() {
+    let rig = Rig::start_with_login(
+        None,
+        Duration::from_hours(1),
+        &[],
+        r#""sshKey": "generate""#,
+    )
+    .await;
+    let public = wait_for(
+        "the key's public half in status",
+        Duration::from_secs(30),
+        async || status(&rig.state)["tunnelKey"].as_str().map(str::to_owned),
+    )
+    .await;
+    assert!(
+        public.starts_with("ssh-ed25519 ") && public.ends_with(&format!("p2pvps-{}", rig.device)),
+        "{public}"
+    );
+    let key = rig.state.join("keys/tunnel_ed25519");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    // The operator authorizes it, as `permitlisten` would for its port in production.
+    std::fs::write(rig.endpoint.path("authorized_keys"), format!("{public}\n")).unwrap();
+    let (user, password, port) = rig.serving(1, Duration::from_secs(90)).await;
+    login_works(port, &user, &password, Duration::from_secs(30)).await;
+    assert!(
+        rig.endpoint
+            .log()
+            .contains(&format!("Accepted publickey for {TUNNEL_USER}")),
+        "{}",
+        rig.endpoint.log()
+    );
+    let private = std::fs::read_to_string(&key).unwrap();
+    let body: String = private.lines().nth(2).unwrap().to_owned();
+    let (_, logs) = docker_logs(&rig.name);
+    assert!(!logs.contains(&body));
+    // The key's own bytes, given on stdin (`-f -`): on grep's command line it would find itself.
+    let mut grep = Command::new("docker")
+        .args(["exec", "-i", &rig.name, "grep", "-rlsF", "-f", "-"])
+        .args([
+            "--exclude-dir=proc",
+            "--exclude-dir=sys",
+            "--exclude-dir=dev",
+            "/",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut grep.stdin.take().unwrap(),
+        format!("{body}\n").as_bytes(),
+    )
+    .unwrap();
+    let o = grep.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "",
+        "the device key in the container"
+    );
+}

@@ -194,6 +194,7 @@ async fn the_connector_gets_the_tunnel_only_while_a_rental_runs() {
         server_port: 6100,
         user: "sshuser".into(),
         password: None,
+        private_key: None,
         host_key: None,
     };
     let lc = w

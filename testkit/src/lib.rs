@@ -84,6 +84,9 @@ pub struct EndpointOptions {
     /// Addresses to listen on besides 127.0.0.1 (the gateway of a test's Docker network, so a
     /// container can reach the endpoint).
     pub listen: Vec<IpAddr>,
+    /// Keep the config's `PermitListen` (the marketplace's ports 6000-6200). By default tests,
+    /// whose ports are random, get `PermitListen any`.
+    pub marketplace_ports: bool,
 }
 
 /// OpenSSH's sshd with `image/tunnel-endpoint/sshd_config`, on 127.0.0.1 at a random port, with
@@ -133,13 +136,30 @@ impl Endpoint {
         std::fs::create_dir_all("/run/sshd").expect("create sshd's privilege separation dir");
         let _ = std::fs::remove_file(self.path("pid"));
         let d = self.dir.path().display();
+        let shipped = repo_root().join("image/tunnel-endpoint/sshd_config");
+        let config = if self.options.marketplace_ports {
+            shipped
+        } else {
+            let text = std::fs::read_to_string(&shipped).expect("read the endpoint's sshd_config");
+            let text: String = text
+                .lines()
+                .map(|l| {
+                    if l.trim_start().starts_with("PermitListen ") {
+                        "    PermitListen any".to_owned()
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let copy = self.path("sshd_config");
+            std::fs::write(&copy, text + "\n").expect("write the test's sshd_config");
+            copy
+        };
         let mut args = vec![
             "-D".to_owned(),
             "-f".to_owned(),
-            repo_root()
-                .join("image/tunnel-endpoint/sshd_config")
-                .display()
-                .to_string(),
+            config.display().to_string(),
             "-E".to_owned(),
             format!("{d}/sshd.log"),
             "-o".to_owned(),

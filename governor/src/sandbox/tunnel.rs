@@ -32,6 +32,105 @@ const SSHD_WAIT: Duration = Duration::from_secs(30);
 /// How long the keeper may take to close its session before it is killed.
 const GOODBYE: Duration = Duration::from_secs(3);
 
+/// The device's tunnel key, made on its first start with `sshKey: "generate"`.
+pub const GENERATED_KEY: &str = "keys/tunnel_ed25519";
+/// The public half of the key in use, in the state dir, for `status`.
+pub const PUBLIC_KEY_FILE: &str = "tunnel-key.pub";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelKeyError {
+    #[error("{path}: {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Command(#[from] crate::command::CommandError),
+}
+
+/// An OpenSSH private key's text. Its `Debug` shows nothing of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PrivateKey(String);
+
+impl PrivateKey {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrivateKey(…)")
+    }
+}
+
+/// The device's key file for `sshKey`: the owner's file, or the one made in `state_dir`.
+pub fn key_path(state_dir: &Path, key: &crate::config::SshKey) -> PathBuf {
+    match key {
+        crate::config::SshKey::Generate => state_dir.join(GENERATED_KEY),
+        crate::config::SshKey::File(p) => p.clone(),
+    }
+}
+
+/// The device's tunnel key, made first when it is to be generated and is not there yet (an
+/// ed25519 key, 0600 in a 0700 directory, commented with the device id): its private half, and the
+/// public line the marketplace's operator authorizes.
+pub fn device_key(
+    state_dir: &Path,
+    key: &crate::config::SshKey,
+    device: &str,
+) -> Result<(PrivateKey, String), TunnelKeyError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = key_path(state_dir, key);
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| TunnelKeyError::Io {
+            path,
+            action,
+            source,
+        }
+    };
+    if *key == crate::config::SshKey::Generate && !path.exists() {
+        let dir = path.parent().expect("the key is in a directory");
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("chmod", dir))?;
+        let comment = format!("p2pvps-{device}");
+        crate::command::run(
+            "ssh-keygen",
+            [
+                "-q".as_ref(),
+                "-t".as_ref(),
+                "ed25519".as_ref(),
+                "-N".as_ref(),
+                "".as_ref(),
+                "-C".as_ref(),
+                comment.as_ref(),
+                "-f".as_ref(),
+                path.as_os_str(),
+            ],
+        )?;
+        info!(key = %path.display(), "tunnel key made: give its public half (`p2pvps-governor status`) to the marketplace's operator");
+    }
+    let private = std::fs::read_to_string(&path).map_err(io("read", &path))?;
+    let public = public_key(&path)?;
+    let shown = state_dir.join(PUBLIC_KEY_FILE);
+    if std::fs::read_to_string(&shown).ok().as_deref() != Some(&format!("{public}\n")) {
+        std::fs::write(&shown, format!("{public}\n")).map_err(io("write", &shown))?;
+    }
+    Ok((PrivateKey(private), public))
+}
+
+/// The public line of the private key at `path` (`ssh-keygen -y`).
+pub fn public_key(path: &Path) -> Result<String, TunnelKeyError> {
+    let public = crate::command::run(
+        "ssh-keygen",
+        ["-y".as_ref(), "-f".as_ref(), path.as_os_str()],
+    )?;
+    Ok(public.trim().to_owned())
+}
+
 /// The connector binary: beside the governor's own (a build tree), else where the packages put it.
 pub fn default_connector() -> PathBuf {
     std::env::current_exe()

@@ -59,6 +59,8 @@ pub struct TunnelEndpoint {
     pub server_port: u16,
     pub user: String,
     pub password: Option<Secret>,
+    /// The device's own key, tried before the password.
+    pub private_key: Option<crate::sandbox::tunnel::PrivateKey>,
     /// `SHA256:…` pin of the endpoint's host key.
     pub host_key: Option<String>,
 }
@@ -86,6 +88,9 @@ impl TunnelSettings {
         });
         if let Some(p) = &e.password {
             v["password"] = Value::String(p.expose().to_owned());
+        }
+        if let Some(k) = &e.private_key {
+            v["privateKey"] = Value::String(k.expose().to_owned());
         }
         if let Some(k) = &e.host_key {
             v["hostKey"] = Value::String(k.clone());
@@ -586,6 +591,7 @@ mod tests {
                 server_port: 2222,
                 user: "p2pvps-tunnel".into(),
                 password: Some(Secret::password("tunnelpw").unwrap()),
+                private_key: None,
                 host_key: None,
             },
             remote_port: 6001,

@@ -34,11 +34,23 @@ impl Rig {
 
     /// With leases of `lease` and more `run` options for the governor.
     pub async fn start_with(host_key: Option<&str>, lease: Duration, extra: &[&str]) -> Self {
+        let login = format!(r#""sshPassword": "{}""#, tunnel_password());
+        Self::start_with_login(host_key, lease, extra, &login).await
+    }
+
+    /// [`Rig::start_with`], the tunnel's login given as config keys (`login`).
+    pub async fn start_with_login(
+        host_key: Option<&str>,
+        lease: Duration,
+        extra: &[&str],
+        login: &str,
+    ) -> Self {
         let network = Network::create();
         let endpoint = Endpoint::start_with(EndpointOptions {
             listen: vec![network.gateway],
             // A dead session frees its forwarded port in seconds, as a restart test needs.
             client_alive: Some((2, 2)),
+            ..EndpointOptions::default()
         });
         let device = random_device();
         let name = format!("p2pvps-tun-{}", &device[..12]);
@@ -63,11 +75,10 @@ impl Rig {
             format!(
                 r#"{{"deviceId": "{device}", "serverUrl": "{}", "storageDevice": "none", "storageSizeMb": 64, "heartbeatSeconds": 2,
                     "led": "none", "sshServer": "{}", "sshServerPort": {}, "sshUser": "{TUNNEL_USER}",
-                    "sshPassword": "{}"{pin}}}"#,
+                    {login}{pin}}}"#,
                 server.url(),
                 network.gateway,
                 endpoint.port,
-                tunnel_password(),
             ),
         )
         .unwrap();
