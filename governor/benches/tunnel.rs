@@ -1,6 +1,6 @@
 //! Tunnel figures (run through `scripts/bench-tunnel`): a copy and a login through the connector's
-//! tunnel (russh) against the same through a reverse forward made by OpenSSH's `ssh -R` from the
-//! same container to the same endpoint, side by side; and the time from a renter container's start
+//! tunnel (russh, kept by the governor on the host) against the same through a reverse forward made
+//! by OpenSSH's `ssh -R` from the host to the same container and endpoint, side by side; and the time from a renter container's start
 //! to a renter's first login through the tunnel. Settings: P2PVPS_BENCH_MIB (64), _ROUNDS (5).
 
 #![allow(clippy::cast_precision_loss)] // figures for display
@@ -45,48 +45,55 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// OpenSSH's reverse forward of `port` to the container's sshd, run inside the renter container
-/// with a key the endpoint accepts: the baseline path.
-fn openssh_forward(rig: &Rig, port: u16) {
-    let key = "/root/.ssh/bench_key";
-    let (ok, _, err) = docker(&[
-        "exec",
+/// OpenSSH's reverse forward of `port` to the container's sshd, run on the host as the
+/// governor's keeper is, with a key the endpoint accepts: the baseline path. Killed when dropped.
+struct OpensshForward(std::process::Child, tempfile::TempDir);
+
+impl Drop for OpensshForward {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn openssh_forward(rig: &Rig, port: u16) -> OpensshForward {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("bench_key");
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::copy(
+        key.with_extension("pub"),
+        rig.endpoint.path("authorized_keys"),
+    )
+    .unwrap();
+    let (_, ip, _) = docker(&[
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
         &rig.name,
-        "sh",
-        "-c",
-        &format!("mkdir -p /root/.ssh && ssh-keygen -q -t ed25519 -N '' -f {key}"),
     ]);
-    assert!(ok, "{err}");
-    let (_, public, _) = docker(&["exec", &rig.name, "cat", &format!("{key}.pub")]);
-    std::fs::write(rig.endpoint.path("authorized_keys"), format!("{public}\n")).unwrap();
-    let forward = format!("0.0.0.0:{port}:127.0.0.1:22");
-    let endpoint = rig.network.gateway.to_string();
-    let eport = rig.endpoint.port.to_string();
-    let status = Command::new("docker")
+    let forward = format!("0.0.0.0:{port}:{ip}:22");
+    let child = Command::new("ssh")
+        .arg("-i")
+        .arg(&key)
         .args([
-            "exec",
-            "-d",
-            &rig.name,
-            "ssh",
-            "-i",
-            key,
             "-N",
             "-o",
             "StrictHostKeyChecking=no",
-        ])
-        .args([
             "-o",
-            "ExitOnForwardFailure=yes",
-            "-R",
-            &forward,
-            "-p",
-            &eport,
+            "UserKnownHostsFile=/dev/null",
         ])
-        .arg(format!("{TUNNEL_USER}@{endpoint}"))
+        .args(["-o", "ExitOnForwardFailure=yes", "-R", &forward])
+        .args(["-p", &rig.endpoint.port.to_string()])
+        .arg(format!("{TUNNEL_USER}@{}", rig.network.gateway))
         .stdout(Stdio::null())
-        .status()
+        .spawn()
         .unwrap();
-    assert!(status.success());
+    OpensshForward(child, dir)
 }
 
 #[tokio::main]
@@ -99,7 +106,7 @@ async fn main() {
     login_works(port, &user, &password, Duration::from_mins(1)).await;
 
     let baseline_port = free_port();
-    openssh_forward(&rig, baseline_port);
+    let _baseline = openssh_forward(&rig, baseline_port);
     login_works(baseline_port, &user, &password, Duration::from_secs(30)).await;
 
     let tmp = tempfile::tempdir().unwrap();
