@@ -47,12 +47,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// OpenSSH's reverse forward of `port` to the container's sshd, run on the host as the
 /// governor's keeper is, with a key the endpoint accepts: the baseline path. Killed when dropped.
-struct OpensshForward(std::process::Child, tempfile::TempDir);
+struct OpensshForward {
+    child: std::process::Child,
+    /// Holds the key for as long as ssh runs.
+    _keys: tempfile::TempDir,
+}
 
 impl Drop for OpensshForward {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -93,7 +97,7 @@ fn openssh_forward(rig: &Rig, port: u16) -> OpensshForward {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    OpensshForward(child, dir)
+    OpensshForward { child, _keys: dir }
 }
 
 #[tokio::main]
