@@ -45,7 +45,12 @@ async fn the_scripts_endpoint_serves_a_pinned_tunnel_across_a_restart() {
         common::fingerprint(&dir.path().join("host_key.pub"))
     );
 
-    let remote = free_port();
+    // The script runs the shipped config, which allows the marketplace's ports only (6000-6200);
+    // taken from the top, while the range's own test takes from the bottom.
+    let remote = (6000..=6200)
+        .rev()
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port in 6000-6200");
     let settings = json!({
         "server": "127.0.0.1",
         "serverPort": port.parse::<u16>().unwrap(),

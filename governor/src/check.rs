@@ -176,6 +176,21 @@ async fn docker(config: &DeviceConfig) -> Vec<Line> {
         }
     };
     let engine = Line::ok("docker", "engine reachable");
+    let userns = match rt.user_namespace().await {
+        Ok(true) => Line::ok(
+            "userns",
+            "on: the renter's root is an unprivileged user of this host",
+        ),
+        Ok(false) => Line::ok(
+            "userns",
+            "off: the renter's root is this host's root, behind dropped capabilities and the network rules (Docker's userns-remap would map it to an unprivileged user)",
+        ),
+        Err(e) => Line::fail(
+            "userns",
+            e.to_string(),
+            "restart the engine: `systemctl restart docker`",
+        ),
+    };
     // ensure_image without a tarball imports nothing: it only says whether the image is there.
     let image = match rt.ensure_image(&config.renter_image, None).await {
         Ok(()) => Line::ok("image", format!("{} present", config.renter_image)),
@@ -204,7 +219,7 @@ async fn docker(config: &DeviceConfig) -> Vec<Line> {
             ),
         },
     };
-    vec![engine, image]
+    vec![engine, userns, image]
 }
 
 /// The renter's network rules: in the kernel for the bridge the governor last used, or (before the

@@ -124,7 +124,10 @@ impl StatusView {
                     relative(t.reported_at, now)
                 ),
             );
-            line("renter sessions", &t.sessions.to_string());
+            line(
+                "renter sessions",
+                &format!("{} (as the renter's container reports it)", t.sessions),
+            );
         }
         if let Some(r) = &self.network_rules {
             line("network rules", r);

@@ -64,11 +64,17 @@ async fn all_ok_and_each_fail_with_its_fix() {
     .unwrap();
     assert!(all.success, "{}", all.text);
     for item in [
-        "config", "clock", "docker", "image", "sandbox", "storage", "dm-crypt", "server", "tunnel",
+        "config", "clock", "docker", "userns", "image", "sandbox", "storage", "dm-crypt", "server",
+        "tunnel",
     ] {
         assert!(all.ok(item), "{item}: {}", all.text);
     }
     assert!(all.line("tunnel").contains("pinned host key"));
+    // This host's engine runs without userns-remap; the line says what that means.
+    assert!(
+        all.line("userns")
+            .contains("off: the renter's root is this host's root")
+    );
     assert!(!all.text.contains("fix:"));
     // It checked in, and registered nothing.
     let admin = common::admin_device(&server.url(), &device).await;

@@ -41,6 +41,21 @@ impl DockerRuntime {
         Ok(Self { docker })
     }
 
+    /// Whether the engine runs containers in a user namespace (`userns-remap`): their root is then
+    /// an unprivileged uid of the host.
+    pub async fn user_namespace(&self) -> Result<bool, RuntimeError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| RuntimeError::Connect(e.to_string()))?;
+        Ok(info
+            .security_options
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o.contains("name=userns")))
+    }
+
     /// Run `cmd` as root in the container, feeding `stdin`, and fail unless it exits 0.
     async fn exec(&self, id: &str, cmd: &[&str], stdin: Option<&[u8]>) -> Result<(), RuntimeError> {
         let command = cmd.join(" ");
