@@ -537,6 +537,15 @@ async fn governor_reboot() -> Result<()> {
             .is_err_and(|e| e.contains("wrong passphrase")),
         format!("a wrong passphrase is refused ({wrong:?})"),
     )?;
+    // The governor makes the next attempt wait after a wrong one (1 s after the first).
+    let early = gov
+        .ask(json!({"op": "storage-unlock", "passphrase": PASSPHRASE}))
+        .await;
+    check(
+        early.as_ref().is_err_and(|e| e.contains("try again in")),
+        format!("an attempt right after a wrong one waits ({early:?})"),
+    )?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     gov.ask(json!({"op": "storage-unlock", "passphrase": PASSPHRASE}))
         .await?;
     let want = std::fs::read_to_string(CANARY_FILE).map_err(s)?;
