@@ -494,13 +494,21 @@ async fn a_socket_flood_from_the_container_neither_stops_the_governor_nor_delays
         answered.iter().max()
     );
     assert!(figures.contains("answered=10000"), "{figures}");
-    assert!(figures.contains("refused="), "{figures}");
-    let held: usize = figures
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("held="))
-        .and_then(|n| n.parse().ok())
-        .unwrap();
+    let figure = |name: &str| -> usize {
+        figures
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {figures}"))
+    };
+    let held = figure("held");
     assert!(held <= 16, "the governor kept {held} connections open");
+    assert_eq!(
+        held + figure("refused"),
+        2000,
+        "every connection held or told: {figures}"
+    );
+    assert_eq!(figure("passphrase_answers"), 50, "{figures}");
     let fds = std::fs::read_dir(format!("/proc/{governor}/fd"))
         .unwrap()
         .count();

@@ -559,3 +559,52 @@ async fn a_rental_that_cannot_be_provisioned_still_ends_on_time() {
     })
     .await;
 }
+
+/// The renter's network and its rules come before the container, and again before a container
+/// that stopped behind the governor's back is started; the bridge is kept for `status`.
+#[tokio::test(start_paused = true)]
+async fn the_network_rules_are_in_place_before_any_renter_container_starts() {
+    let w = World::new(24);
+    let firewall = Arc::new(p2pvps_governor::sandbox::FakeFirewall::default());
+    let lc = w
+        .lifecycle_with(|s| {
+            s.sandbox.smtp = true;
+        })
+        .with_firewall(firewall.clone());
+    w.drive(&lc, async {
+        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+        let calls = w.runtime.calls();
+        let pos = |prefix: &str| calls.iter().position(|c| c.starts_with(prefix));
+        let (network, create) = (
+            pos("ensure_network p2pvps").unwrap(),
+            pos("create ").unwrap(),
+        );
+        assert!(network < create, "{calls:?}");
+        // Made when the container is created, checked again as serving starts (after a reboot
+        // the kernel has none).
+        let applied = firewall.applied.lock().unwrap().clone();
+        assert!(!applied.is_empty());
+        assert!(applied.iter().all(|r| r.bridge == "p2pvps0"), "{applied:?}");
+        assert!(
+            applied[0].policy.smtp,
+            "the owner's policy reaches the rules"
+        );
+        assert_eq!(w.state().network_rules.as_deref(), Some("p2pvps0"));
+
+        // Once serving has checked in, its start is done: a restart is what adds the next.
+        until(Duration::from_secs(5), || {
+            w.state().last_heartbeat.is_some()
+        })
+        .await;
+        let before = firewall.applied.lock().unwrap().len();
+        let id = w.running()[0].0.clone();
+        w.runtime.stop_behind_our_back(&id);
+        until(Duration::from_secs(700), || !w.running().is_empty()).await;
+        assert_eq!(
+            firewall.applied.lock().unwrap().len(),
+            before + 1,
+            "rules again before the restart"
+        );
+    })
+    .await;
+}
