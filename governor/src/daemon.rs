@@ -148,16 +148,17 @@ async fn run_with_led(
             hub = hub.with_engine_on_volume();
         }
     }
-    let _socket = socket::serve(&socket_dir, hub.clone())?;
+    // The engine first: under userns-remap the socket belongs to the container's remapped root.
+    let runtime = tokio::select! {
+        () = &mut shutdown => return Ok(()),
+        r = connect_docker() => r,
+    };
+    let _socket = socket::serve(&socket_dir, runtime.remapped_root(), hub.clone())?;
     let _tunnel = crate::AbortOnDrop(tokio::spawn(tunnel::keep(
         opts.connector.clone(),
         hub.clone(),
     )));
     let market = Marketplace::new(&config.server_url, config.device_id.clone())?;
-    let runtime = tokio::select! {
-        () = &mut shutdown => return Ok(()),
-        r = connect_docker() => r,
-    };
     let store = StateStore::new(&opts.state_dir);
     // One lifecycle type per storage backend.
     if let Some(storage) = usb {
@@ -278,7 +279,13 @@ async fn connect_docker() -> DockerRuntime {
     loop {
         match DockerRuntime::connect().await {
             Ok(rt) => {
-                info!("connected to the Docker engine");
+                match rt.remapped_root() {
+                    Some((uid, gid)) => info!(
+                        uid,
+                        gid, "connected to the Docker engine: the renter's root is remapped"
+                    ),
+                    None => info!("connected to the Docker engine: no user namespace"),
+                }
                 return rt;
             }
             Err(e) => {

@@ -16,7 +16,7 @@ use futures_util::StreamExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::{
-    ContainerRuntime, ContainerSpec, DEVICE_LABEL, DROPPED_CAPABILITIES, RuntimeError,
+    AUDIT_WRITE, ContainerRuntime, ContainerSpec, DEVICE_LABEL, DROPPED_CAPABILITIES, RuntimeError,
     STORAGE_MOUNT, bridge_name,
 };
 use crate::types::{PasswordHash, Username};
@@ -27,6 +27,8 @@ const STDERR_KEEP: usize = 2048;
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
     docker: Docker,
+    /// The host uid and gid of the containers' root when the engine remaps it (`userns-remap`).
+    remapped_root: Option<(u32, u32)>,
 }
 
 impl DockerRuntime {
@@ -38,22 +40,47 @@ impl DockerRuntime {
             .negotiate_version()
             .await
             .map_err(|e| RuntimeError::Connect(e.to_string()))?;
-        Ok(Self { docker })
-    }
-
-    /// Whether the engine runs containers in a user namespace (`userns-remap`): their root is then
-    /// an unprivileged uid of the host.
-    pub async fn user_namespace(&self) -> Result<bool, RuntimeError> {
-        let info = self
-            .docker
+        let info = docker
             .info()
             .await
             .map_err(|e| RuntimeError::Connect(e.to_string()))?;
-        Ok(info
-            .security_options
-            .unwrap_or_default()
-            .iter()
-            .any(|o| o.contains("name=userns")))
+        let remapped_root = remapped_root(
+            &info.security_options.unwrap_or_default(),
+            info.docker_root_dir.as_deref().unwrap_or_default(),
+        )?;
+        Ok(Self {
+            docker,
+            remapped_root,
+        })
+    }
+
+    /// The host uid and gid that the containers' root is, when the engine runs them in a user
+    /// namespace (`userns-remap`); `None` when their root is the host's root.
+    pub fn remapped_root(&self) -> Option<(u32, u32)> {
+        self.remapped_root
+    }
+
+    /// Under a remap, the root of the renter's storage must belong to the container's root: to the
+    /// container, a directory of the host's root is `nobody`'s, and its root could neither write
+    /// nor chown it. A placeholder (read-only, while the volume is locked) is left as it is.
+    fn own_storage(&self, storage: &Path, container: &str) -> Result<(), RuntimeError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some((uid, gid)) = self.remapped_root else {
+            return Ok(());
+        };
+        let err = |e: std::io::Error| RuntimeError::Container {
+            container: container.to_owned(),
+            action: "create",
+            reason: format!("giving {} to the remapped root: {e}", storage.display()),
+        };
+        let meta = std::fs::metadata(storage).map_err(err)?;
+        if meta.uid() != 0 {
+            return Ok(());
+        }
+        match std::os::unix::fs::chown(storage, Some(uid), Some(gid)) {
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => Ok(()),
+            other => other.map_err(err),
+        }
     }
 
     /// Run `cmd` as root in the container, feeding `stdin`, and fail unless it exits 0.
@@ -191,6 +218,31 @@ impl DockerRuntime {
     }
 }
 
+/// The containers' root on the host, from what `docker info` says: with a remap the security
+/// options name `userns` and the engine keeps its data in `<data-root>/<uid>.<gid>`.
+fn remapped_root(
+    security_options: &[String],
+    root_dir: &str,
+) -> Result<Option<(u32, u32)>, RuntimeError> {
+    if !security_options.iter().any(|o| o.contains("name=userns")) {
+        return Ok(None);
+    }
+    let last = Path::new(root_dir)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let parsed = last
+        .split_once('.')
+        .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+    match parsed {
+        Some(ids) => Ok(Some(ids)),
+        None => Err(RuntimeError::Connect(format!(
+            "the engine remaps users (userns-remap) but its data root {root_dir:?} does not end in \
+             <uid>.<gid>: a Docker this governor does not know"
+        ))),
+    }
+}
+
 const IMPORT_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// "120 of 400 MiB (30%)".
@@ -298,6 +350,13 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        self.own_storage(&spec.storage, &spec.name)?;
+        let mut cap_drop = DROPPED_CAPABILITIES.map(str::to_owned).to_vec();
+        if self.remapped_root.is_some() {
+            // In a user namespace the kernel answers audit messages with "no audit here", which
+            // sshd accepts: the capability serves nothing there.
+            cap_drop.push(AUDIT_WRITE.to_owned());
+        }
         let log_opts = HashMap::from([
             ("max-size".to_owned(), "10m".to_owned()),
             ("max-file".to_owned(), "2".to_owned()),
@@ -335,7 +394,7 @@ impl ContainerRuntime for DockerRuntime {
                 nano_cpus: Some(spec.limits.nano_cpus),
                 pids_limit: Some(spec.limits.pids),
                 privileged: Some(false),
-                cap_drop: Some(DROPPED_CAPABILITIES.map(str::to_owned).to_vec()),
+                cap_drop: Some(cap_drop),
                 // An init as PID 1 reaps zombies and passes SIGTERM on.
                 init: Some(true),
                 network_mode: Some(spec.network.clone()),
@@ -488,7 +547,29 @@ impl ContainerRuntime for DockerRuntime {
 
 #[cfg(test)]
 mod tests {
-    use super::{import_progress, split_reference};
+    use super::{import_progress, remapped_root, split_reference};
+
+    #[test]
+    fn the_remapped_root_comes_from_the_data_root_under_userns() {
+        let userns = vec![
+            "name=seccomp,profile=builtin".to_owned(),
+            "name=userns".to_owned(),
+        ];
+        assert_eq!(
+            remapped_root(&userns, "/var/lib/docker/100000.100000").unwrap(),
+            Some((100_000, 100_000))
+        );
+        assert_eq!(
+            remapped_root(&userns, "/srv/d/231072.231073").unwrap(),
+            Some((231_072, 231_073))
+        );
+        let err = remapped_root(&userns, "/var/lib/docker").unwrap_err();
+        assert!(err.to_string().contains("userns-remap"), "{err}");
+        // No remap: the data root is whatever it is.
+        let plain = vec!["name=seccomp,profile=builtin".to_owned()];
+        assert_eq!(remapped_root(&plain, "/var/lib/docker").unwrap(), None);
+        assert_eq!(remapped_root(&plain, "/data/1.2").unwrap(), None);
+    }
 
     #[test]
     fn import_progress_reads_as_mib_and_percent() {

@@ -20,9 +20,12 @@ pub const STORAGE_MOUNT: &str = "/media/storage";
 /// Docker's default capabilities that the renter's container does without (DESIGN.md §9): raw
 /// sockets (spoofing, sniffing; `ping` uses ICMP datagram sockets instead), device nodes, file
 /// capabilities, and changing capability sets. What is left serves sshd, sudo, useradd, apt and
-/// the deployment packages. AUDIT_WRITE stays: Debian's sshd ends every terminal login whose
-/// audit record the kernel refuses with EPERM (it accepts only "no audit here"), and sudo warns.
+/// the deployment packages. [`AUDIT_WRITE`] stays when the container's root is the host's: Debian's
+/// sshd ends every terminal login whose audit record the kernel refuses with EPERM (it accepts only
+/// "no audit here"), and sudo warns.
 pub const DROPPED_CAPABILITIES: [&str; 4] = ["NET_RAW", "MKNOD", "SETFCAP", "SETPCAP"];
+/// Dropped too when the engine runs the container in a user namespace (`userns-remap`).
+pub const AUDIT_WRITE: &str = "AUDIT_WRITE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

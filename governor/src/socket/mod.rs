@@ -462,9 +462,14 @@ pub fn host_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("run")
 }
 
-/// Bind the socket in `dir` (replacing a stale one) and serve connections in a task. Call it
-/// within the tokio runtime.
-pub fn serve(dir: &Path, hub: Hub) -> Result<tokio::task::JoinHandle<()>, SocketError> {
+/// Bind the socket in `dir` (replacing a stale one) and serve connections in a task. `owner` is
+/// the host uid and gid of the container's root when the engine remaps it (else the socket stays
+/// root's). Call it within the tokio runtime.
+pub fn serve(
+    dir: &Path,
+    owner: Option<(u32, u32)>,
+    hub: Hub,
+) -> Result<tokio::task::JoinHandle<()>, SocketError> {
     let io = |action: &'static str, path: &Path| {
         let path = path.to_owned();
         move |source| SocketError::Io {
@@ -486,6 +491,9 @@ pub fn serve(dir: &Path, hub: Hub) -> Result<tokio::task::JoinHandle<()>, Socket
         // Only root, in the container or on the host, talks to the governor.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(io("chmod", &path))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(io("chown", &path))?;
+        }
     }
     info!(socket = %path.display(), "renter socket listening");
     let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -573,7 +581,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let hub = Hub::new(tmp.path());
         let dir = host_dir(tmp.path());
-        let _task = serve(&dir, hub.clone()).unwrap();
+        let _task = serve(&dir, None, hub.clone()).unwrap();
         let sock = dir.join(SOCKET_NAME);
 
         // The tunnel's settings and state are not the renter's business: neither op exists.
@@ -704,7 +712,7 @@ mod tests {
         let keys = Arc::new(FakeKeys::default());
         let hub = Hub::new(tmp.path()).with_keys(keys.clone());
         let dir = host_dir(tmp.path());
-        let _task = serve(&dir, hub.clone()).unwrap();
+        let _task = serve(&dir, None, hub.clone()).unwrap();
         let sock = dir.join(SOCKET_NAME);
 
         let a = ask(&sock, r#"{"op": "storage-status"}"#).await;
@@ -803,7 +811,7 @@ mod tests {
         let dir = host_dir(tmp.path());
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(SOCKET_NAME), "junk").unwrap();
-        let _task = serve(&dir, Hub::default()).unwrap();
+        let _task = serve(&dir, None, Hub::default()).unwrap();
         let a = ask(&dir.join(SOCKET_NAME), r#"{"op": "lease"}"#).await;
         assert_eq!(a, json!({"ok": false, "error": "no rental in force"}));
     }

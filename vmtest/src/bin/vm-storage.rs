@@ -375,7 +375,7 @@ impl Governor {
         let storage = Arc::new(storage(disk));
         let hub = Hub::new(state).with_keys(storage.clone());
         let run_dir = socket::host_dir(state);
-        socket::serve(&run_dir, hub.clone()).map_err(s)?;
+        socket::serve(&run_dir, None, hub.clone()).map_err(s)?;
         let url = reqwest::Url::parse(&market_url).map_err(s)?;
         let market = Marketplace::new(&url, device.clone()).map_err(s)?;
         let runtime = Arc::new(FakeRuntime::with_images(&["p2pvps/renter:latest"]));
