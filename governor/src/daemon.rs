@@ -279,12 +279,12 @@ async fn connect_docker() -> DockerRuntime {
     loop {
         match DockerRuntime::connect().await {
             Ok(rt) => {
-                match rt.remapped_root() {
-                    Some((uid, gid)) => info!(
-                        uid,
-                        gid, "connected to the Docker engine: the renter's root is remapped"
-                    ),
-                    None => info!("connected to the Docker engine: no user namespace"),
+                if let Some((uid, gid)) = rt.remapped_root() {
+                    info!(
+                        "connected to the Docker engine: the renter's root is uid {uid} (gid {gid}) of this host"
+                    );
+                } else {
+                    info!("connected to the Docker engine: no user namespace");
                 }
                 return rt;
             }

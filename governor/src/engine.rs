@@ -44,6 +44,10 @@ pub trait Engine: Send + Sync {
 
     /// Put the data root back on the fallback directory (created if missing), off any volume.
     fn detach(&self) -> EngineFuture<'_>;
+
+    /// Bytes free on the fallback's filesystem (the state partition): what a container running
+    /// there (the stand-in of a locked volume) writes comes out of it. None: not known.
+    fn fallback_free(&self) -> Option<u64>;
 }
 
 /// The real engine: Docker's data root bound at its fixed path, Docker stopped and started around
@@ -177,6 +181,10 @@ impl Engine for BindEngine {
     fn detach(&self) -> EngineFuture<'_> {
         self.change(None)
     }
+
+    fn fallback_free(&self) -> Option<u64> {
+        crate::host::free_space(&self.inner.fallback)
+    }
 }
 
 /// Whether `a` and `b` are the same directory (a bind mount shows its source's device and inode).
@@ -222,9 +230,15 @@ fn run(words: &[String]) -> Result<(), EngineError> {
 pub struct FakeEngine {
     root: Mutex<Option<PathBuf>>,
     restarts: Mutex<Vec<Option<PathBuf>>>,
+    free: Mutex<Option<u64>>,
 }
 
 impl FakeEngine {
+    /// Say the fallback's filesystem has `bytes` free from now on.
+    pub fn set_fallback_free(&self, bytes: u64) {
+        *self.free.lock().unwrap() = Some(bytes);
+    }
+
     /// The current root (None: the fallback).
     pub fn root(&self) -> Option<PathBuf> {
         self.root.lock().unwrap().clone()
@@ -254,6 +268,10 @@ impl Engine for FakeEngine {
     fn detach(&self) -> EngineFuture<'_> {
         Box::pin(async move { Ok(self.set(None)) })
     }
+
+    fn fallback_free(&self) -> Option<u64> {
+        *self.free.lock().unwrap()
+    }
 }
 
 impl<T: Engine> Engine for Arc<T> {
@@ -263,5 +281,9 @@ impl<T: Engine> Engine for Arc<T> {
 
     fn detach(&self) -> EngineFuture<'_> {
         (**self).detach()
+    }
+
+    fn fallback_free(&self) -> Option<u64> {
+        (**self).fallback_free()
     }
 }

@@ -7,7 +7,7 @@ use crate::runtime::Limits;
 
 /// Measured specs. `storage` is the directory whose filesystem holds the renter's storage.
 pub fn specs(storage: &Path) -> (Specs, Limits) {
-    use sysinfo::{Disks, System};
+    use sysinfo::System;
     let (memory, ncpus, brand) = match System::new() {
         Ok(mut sys) => {
             sys.refresh_memory();
@@ -23,15 +23,7 @@ pub fn specs(storage: &Path) -> (Specs, Limits) {
     let brand = brand
         .filter(|b| !b.is_empty())
         .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
-    // The disk whose mount point is the longest prefix of the storage path holds it.
-    let disk = Disks::new_with_refreshed_list().ok().and_then(|disks| {
-        disks
-            .iter()
-            .filter(|d| storage.starts_with(d.mount_point()))
-            .max_by_key(|d| d.mount_point().as_os_str().len())
-            .map(sysinfo::Disk::available_space)
-    });
-    let disk = disk.unwrap_or(0);
+    let disk = free_space(storage).unwrap_or(0);
     let specs = Specs {
         memory: format!("{} MB", memory / 1_000_000),
         disk_space: format!("{} GB", disk / 1_000_000_000),
@@ -41,9 +33,40 @@ pub fn specs(storage: &Path) -> (Specs, Limits) {
     (specs, Limits::for_host(memory, ncpus))
 }
 
+/// Bytes available on the filesystem that holds `path`: the disk whose mount point is the longest
+/// prefix of it. None when no mounted disk holds it.
+pub fn free_space(path: &Path) -> Option<u64> {
+    let disks = sysinfo::Disks::new_with_refreshed_list().ok()?;
+    disks
+        .iter()
+        .filter(|d| path.starts_with(d.mount_point()))
+        .max_by_key(|d| d.mount_point().as_os_str().len())
+        .map(sysinfo::Disk::available_space)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_space_is_what_df_says() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        let df: u64 = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let ours = free_space(dir).expect("the filesystem of the build tree is listed");
+        // Other writers on the machine move it a little between the two reads.
+        assert!(ours.abs_diff(df) < 64 << 20, "ours {ours}, df {df}");
+    }
 
     #[test]
     fn specs_are_measured() {

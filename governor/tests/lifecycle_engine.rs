@@ -421,6 +421,62 @@ async fn a_locked_volume_gets_a_stand_in_until_the_renter_unlocks() {
     assert_eq!(w.state().phase, Phase::Serving);
 }
 
+/// The stand-in writes to the state partition: past half of what was free when it started, it is
+/// replaced at once by a fresh one with the renter's login; the unlock still brings the renter's own
+/// container back.
+#[tokio::test(start_paused = true)]
+async fn a_stand_in_that_fills_the_state_partition_is_replaced() {
+    const MIB: u64 = 1 << 20;
+    let w = World::new(24);
+    w.serve_then_stop().await;
+    let id = w.state().container.unwrap();
+    let volume_root = w.volume_root();
+    w.reboot().await;
+    w.lock_volume();
+    w.engine.set_fallback_free(800 * MIB);
+    let running = || {
+        let all = w.roots.at(None).containers();
+        assert!(all.len() <= 1, "one stand-in at a time: {all:?}");
+        all.into_iter()
+            .find(|(_, c)| c.running && c.login.is_some())
+            .map(|(id, _)| id)
+    };
+    let lc = w.lifecycle();
+    w.drive(&lc, async {
+        until(Duration::from_secs(10), || running().is_some()).await;
+        let first = running().unwrap();
+        // 300 MiB written: within its share.
+        w.engine.set_fallback_free(500 * MIB);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(running().as_ref(), Some(&first), "within its share, kept");
+        // 100 MiB more than half of what was free.
+        w.engine.set_fallback_free(300 * MIB);
+        until(Duration::from_secs(2), || {
+            running().is_some_and(|now| now != first)
+        })
+        .await;
+        // Its layer went with it.
+        w.engine.set_fallback_free(800 * MIB);
+        let second = running().unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(running(), Some(second), "the fresh one stays");
+        *w.locked.lock().unwrap() = None;
+        until(Duration::from_secs(30), || {
+            w.roots
+                .at(volume_root.as_deref())
+                .containers()
+                .get(&id)
+                .is_some_and(|c| c.running)
+        })
+        .await;
+    })
+    .await;
+    assert!(
+        w.roots.at(None).containers().is_empty(),
+        "the stand-in is gone"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_rental_that_expires_while_locked_is_wiped() {
     let w = World::new(1);

@@ -33,6 +33,8 @@ use crate::storage::Storage;
 use crate::types::{DeviceId, PasswordHash};
 use p2pvps_common::Backoff;
 
+mod locked;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
     #[error(transparent)]
@@ -121,9 +123,6 @@ pub struct Lifecycle<M, R, S, C> {
     /// lifecycle alone).
     firewall: Option<Arc<dyn Firewall>>,
 }
-
-/// How often a locked volume is looked at for the renter's unlock.
-const UNLOCK_POLL: Duration = Duration::from_secs(2);
 
 /// What a heartbeat found.
 struct Beat {
@@ -528,74 +527,6 @@ where
         {
             info!("container engine data root back on the state partition");
         }
-    }
-
-    /// The volume is locked (the renter holds its key, and the device rebooted): the engine cannot
-    /// run the renter's container, whose layers are on the volume. A stand-in container from the
-    /// fallback root gives the renter their login, with the locked (empty, read-only) storage, to
-    /// run `p2pvps-storage unlock`; check-ins go on meanwhile. Returns true once unlocked (the
-    /// stand-in is removed: the renter's session ends and their own container starts), false at
-    /// the expiration.
-    async fn serve_locked(
-        &self,
-        state: &mut State,
-        placeholder: &Path,
-    ) -> Result<bool, LifecycleError> {
-        let s = &self.settings;
-        let volume = state.volume.clone();
-        info!(%volume, "storage locked: serving a stand-in container until the renter unlocks it");
-        let expiration = lease(state).expiration;
-        tokio::select! {
-            r = self.enforce_sandbox(state) => r?,
-            () = self.clock.sleep_until(expiration) => return Ok(false),
-        }
-        let standin = async {
-            self.remove_containers(None, "an old stand-in").await;
-            self.retry("renter image", || {
-                self.runtime.ensure_image(&s.image, s.image_tar.as_deref())
-            })
-            .await;
-            let spec = self.container_spec(placeholder.to_owned());
-            let id = self
-                .retry("create the stand-in container", || {
-                    self.runtime.create(&spec)
-                })
-                .await;
-            self.add_login(&id, lease(state)).await;
-            self.publish_tunnel(state, &id).await;
-            id
-        };
-        let expiration = lease(state).expiration;
-        let standin = tokio::select! {
-            id = standin => Some(id),
-            () = self.clock.sleep_until(expiration) => None,
-        };
-        let mut next_beat = self.clock.now();
-        let unlocked = loop {
-            let expiration = lease(state).expiration;
-            if self.clock.now() >= next_beat {
-                next_beat = self.clock.now() + s.heartbeat;
-                let checked = self.check_in().await;
-                self.record_check_in(state, checked);
-                self.store.save(state)?;
-                continue;
-            }
-            if self.storage.engine_root(&volume).is_some() {
-                info!(%volume, "the renter unlocked the storage; their container replaces the stand-in");
-                break true;
-            }
-            tokio::select! {
-                () = self.clock.sleep_until(expiration) => break false,
-                () = self.clock.sleep(UNLOCK_POLL) => {}
-            }
-        };
-        if let Some(id) = standin {
-            self.retry("remove the stand-in container", || {
-                self.runtime.remove(&id, s.stop_grace)
-            })
-            .await;
-        }
-        Ok(unlocked)
     }
 
     async fn serve(&self, state: &mut State) -> Result<(), LifecycleError> {
