@@ -23,6 +23,7 @@ fn spec(name: &str, device: &str, storage: &std::path::Path) -> ContainerSpec {
         storage_propagation: false,
         socket_dir: None,
         network: "none".into(),
+        dns: Vec::new(),
         limits: Limits {
             memory_bytes: 256 << 20,
             nano_cpus: 1_500_000_000,
@@ -54,11 +55,15 @@ async fn a_renter_container_is_confined_has_its_login_and_stops_fast() {
         .await
         .expect("scripts/test builds the renter image");
     let (device, name, storage, _cleanup) = names();
-    let id = rt
-        .create(&spec(&name, &device, storage.path()))
-        .await
-        .unwrap();
+    let mut confined = spec(&name, &device, storage.path());
+    // A documentation address: with no network it is only written down, never asked.
+    confined.dns = vec!["192.0.2.53".parse().unwrap()];
+    let id = rt.create(&confined).await.unwrap();
     assert_eq!(rt.state(&id).await.unwrap(), Some(true));
+    assert_eq!(
+        inspect(&name, "{{json .HostConfig.Dns}}"),
+        r#"["192.0.2.53"]"#
+    );
     assert_eq!(rt.list(&device).await.unwrap(), vec![id.clone()]);
 
     // Confinement: not privileged, no published port, no Docker socket, limits set, an init.

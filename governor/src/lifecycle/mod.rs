@@ -418,6 +418,7 @@ where
             storage_propagation: self.storage.mounts_propagate(),
             socket_dir: s.socket_dir.clone(),
             network: s.network.clone(),
+            dns: sandbox::host_resolvers(),
             limits: s.limits,
         }
     }

@@ -398,6 +398,8 @@ impl ContainerRuntime for DockerRuntime {
                 // An init as PID 1 reaps zombies and passes SIGTERM on.
                 init: Some(true),
                 network_mode: Some(spec.network.clone()),
+                dns: (!spec.dns.is_empty())
+                    .then(|| spec.dns.iter().map(ToString::to_string).collect()),
                 log_config: Some(HostConfigLogConfig {
                     typ: Some("json-file".into()),
                     config: Some(log_opts),

@@ -99,6 +99,10 @@ pub struct ContainerSpec {
     pub socket_dir: Option<PathBuf>,
     /// Docker network to attach to: the renter's own ([`ContainerRuntime::ensure_network`]).
     pub network: String,
+    /// The resolvers the container's names go to (the host's upstreams, which the network rules
+    /// let through); empty: the engine's choice, which falls back to public resolvers when the
+    /// host's resolv.conf names only a local stub (systemd-resolved's).
+    pub dns: Vec<IpAddr>,
     pub limits: Limits,
 }
 
