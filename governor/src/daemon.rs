@@ -13,6 +13,7 @@ use crate::engine::BindEngine;
 use crate::led::{self, Indication, LedHandle, LedOptions};
 use crate::lifecycle::{Lifecycle, LifecycleError, Settings};
 use crate::marketplace::{Marketplace, MarketplaceError};
+use crate::notify::Notifier;
 use crate::runtime::DockerRuntime;
 use crate::sandbox::{NftFirewall, tunnel};
 use crate::socket::{self, Hub, SocketError, TunnelEndpoint};
@@ -63,9 +64,16 @@ pub enum DaemonError {
 /// Run the governor until `shutdown` completes. The status LED shows what it does; it goes dark
 /// when the governor stops.
 pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let notifier = Arc::new(Notifier::from_env().unwrap_or_else(|e| {
+        warn!(error = %e, "systemd notifications off");
+        Notifier::default()
+    }));
+    let _keepalive = notifier.spawn_keepalive().map(crate::AbortOnDrop);
+    notifier.ready();
     // Until the config says otherwise, the board's own LED (every Pi has one; elsewhere none).
     let mut led = led::spawn(led::open(&Led::Act, &opts.led_root));
-    let result = run_with_led(&opts, shutdown, &mut led).await;
+    let result = run_with_led(&opts, shutdown, &mut led, &notifier).await;
+    notifier.stopping();
     led.shutdown().await;
     if matches!(result, Err(DaemonError::Config(_))) && led::hand_over_config_error(&opts.led_root)
     {
@@ -78,8 +86,10 @@ async fn run_with_led(
     opts: &RunOptions,
     shutdown: impl Future<Output = ()>,
     led: &mut LedHandle,
+    notifier: &Notifier,
 ) -> Result<(), DaemonError> {
     tokio::pin!(shutdown);
+    notifier.status("waiting for a valid device-config.json");
     let config = tokio::select! {
         () = &mut shutdown => return Ok(()),
         c = wait_for_config(&opts.config, led) => c?,
@@ -167,7 +177,7 @@ async fn run_with_led(
         if let Some(engine) = engine {
             lifecycle = lifecycle.with_engine(Arc::new(engine));
         }
-        drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led).await
+        drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led, notifier).await
     } else {
         if engine.is_some() {
             info!(
@@ -177,7 +187,7 @@ async fn run_with_led(
         let storage = DirStorage::new(&storage_root).sized(config.storage_size_mb << 20);
         let lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings)
             .with_firewall(Arc::new(NftFirewall));
-        drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led).await
+        drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led, notifier).await
     }
 }
 
@@ -219,6 +229,7 @@ async fn drive_lifecycle<S: Storage>(
     lifecycle: &Lifecycle<Marketplace, DockerRuntime, S, SystemClock>,
     shutdown: impl Future<Output = ()>,
     led: &LedHandle,
+    notifier: &Notifier,
 ) -> Result<(), DaemonError> {
     let mut phases = lifecycle.subscribe();
     let mut sessions = lifecycle.hub().sessions();
@@ -226,7 +237,9 @@ async fn drive_lifecycle<S: Storage>(
     let show = async {
         loop {
             let phase = *phases.borrow_and_update();
-            led.show(indication(phase, *sessions.borrow_and_update()));
+            let open = *sessions.borrow_and_update();
+            led.show(indication(phase, open));
+            notifier.status(&format!("{} ({open} renter sessions)", phase.as_str()));
             tokio::select! {
                 r = phases.changed() => if r.is_err() { return },
                 r = sessions.changed() => if r.is_err() { return },

@@ -12,6 +12,7 @@ pub mod led;
 pub mod lifecycle;
 pub mod logging;
 pub mod marketplace;
+pub mod notify;
 pub mod runtime;
 pub mod sandbox;
 pub mod socket;

@@ -156,3 +156,78 @@ fn status_of_a_corrupt_state_fails_with_the_path() {
         "{err}"
     );
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY=1 and a STATUS at once, keep-alives at
+/// half the watchdog's interval; none while the process is stopped (systemd then kills and
+/// restarts it), again once it runs; STOPPING=1 on SIGTERM. The socket is systemd's side of it.
+#[test]
+fn run_under_systemd_notifies_and_keeps_the_watchdog_fed() {
+    use std::os::unix::net::UnixDatagram;
+    let d = tempfile::tempdir().unwrap();
+    let socket_path = d.path().join("notify");
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(d.path().join("device-config.json"))
+        .arg("--state-dir")
+        .arg(d.path().join("state"))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let signal = |sig: &str| {
+        let status = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(status.success(), "kill {sig}");
+    };
+    // Every message that arrives within `window`.
+    let receive = |window: Duration| {
+        let mut got = Vec::new();
+        let end = Instant::now() + window;
+        let mut buf = [0u8; 512];
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            systemd
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match systemd.recv(&mut buf) {
+                Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(_) => break,
+            }
+        }
+        got
+    };
+    let first = receive(Duration::from_millis(1500));
+    assert_eq!(
+        first.first().map(String::as_str),
+        Some("READY=1"),
+        "{first:?}"
+    );
+    assert!(
+        first
+            .iter()
+            .any(|m| m.starts_with("STATUS=waiting for a valid device-config.json")),
+        "{first:?}"
+    );
+    let fed = first.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(fed >= 4, "keep-alives every 200 ms: {first:?}");
+
+    signal("-STOP");
+    // What was sent just before the stop may still be queued.
+    receive(Duration::from_millis(100));
+    let stopped = receive(Duration::from_millis(800));
+    assert!(
+        stopped.is_empty(),
+        "a stopped governor fed the watchdog: {stopped:?}"
+    );
+    signal("-CONT");
+    let resumed = receive(Duration::from_millis(800));
+    assert!(resumed.iter().any(|m| m == "WATCHDOG=1"), "{resumed:?}");
+
+    signal("-TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let last = receive(Duration::from_millis(200));
+    assert!(last.iter().any(|m| m == "STOPPING=1"), "{last:?}");
+}
