@@ -140,17 +140,19 @@ fn tunnel_key(config: &DeviceConfig, env: &CheckEnv) -> Option<Line> {
 }
 
 /// Expirations are wall-clock times: under systemd, timesyncd must have synchronised the clock
-/// (the Pi has no real-time clock). Without systemd the clock is trusted, as the governor does.
+/// (the Pi has no real-time clock). Without systemd the clock is trusted, as the governor does
+/// (`clock.rs`, `TimeSource`).
 fn clock(env: &CheckEnv) -> Line {
+    let source = crate::clock::TimeSource::systemd(&env.run_dir);
     if !env.run_dir.join("systemd/system").exists() {
         return Line::ok("clock", "not under systemd: the system clock is trusted");
     }
-    if env.run_dir.join("systemd/timesync/synchronized").exists() {
+    if source.synchronized() {
         Line::ok("clock", "synchronised (systemd-timesyncd)")
     } else {
         Line::fail(
             "clock",
-            "not synchronised yet: no rental can end or start until it is",
+            "not synchronised yet: a rental ends by the marketplace's time until it is, and nothing time-bound happens before the marketplace has answered",
             "check the network; `timedatectl timesync-status` shows what systemd-timesyncd is doing",
         )
     }

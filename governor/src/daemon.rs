@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::clock::{Clock as _, SystemClock};
+use crate::clock::{Clock as _, SyncedClock, SystemClock, TimeSource};
 use crate::config::{ConfigError, DeviceConfig, Led, StorageDevice};
 use crate::engine::BindEngine;
 use crate::led::{self, Indication, LedHandle, LedOptions};
 use crate::lifecycle::{Lifecycle, LifecycleError, Settings};
-use crate::marketplace::{Marketplace, MarketplaceError};
+use crate::marketplace::{Marketplace, MarketplaceError, Specs};
 use crate::notify::Notifier;
-use crate::runtime::DockerRuntime;
+use crate::runtime::{DockerRuntime, Limits};
 use crate::sandbox::{NftFirewall, tunnel};
 use crate::socket::{self, Hub, SocketError, TunnelEndpoint};
 use crate::state::Phase;
@@ -132,22 +132,7 @@ async fn run_with_led(
     }
     let encrypt = drive.is_some() && config.encrypt_storage && dm_crypt_available();
     info!(?specs, "measured this device");
-    let mut settings = Settings::new(config.device_id.clone(), specs, limits);
-    settings.heartbeat = Duration::from_secs(config.heartbeat_seconds);
-    settings.image.clone_from(&config.renter_image);
-    settings.image_tar.clone_from(&config.renter_image_tar);
-    settings.container_name.clone_from(&opts.container_name);
-    settings.network.clone_from(&opts.network);
-    settings.sandbox.clone_from(&config.sandbox);
-    settings.notices.clone_from(&opts.notices);
-    settings.tunnel = Some(TunnelEndpoint {
-        server: config.ssh_server.clone(),
-        server_port: config.ssh_server_port.get(),
-        user: config.ssh_user.clone(),
-        password: config.ssh_password.clone(),
-        private_key: tunnel_key(&config, &opts.state_dir),
-        host_key: config.ssh_host_key.clone(),
-    });
+    let mut settings = settings(opts, &config, specs, limits);
     let socket_dir = socket::host_dir(&opts.state_dir);
     settings.socket_dir = Some(socket_dir.clone());
     let usb = drive.map(|disk| Arc::new(usb_storage(disk.path, opts, &config, encrypt)));
@@ -168,11 +153,15 @@ async fn run_with_led(
         opts.connector.clone(),
         hub.clone(),
     )));
-    let market = Marketplace::new(&config.server_url, config.device_id.clone())?;
+    // Nothing ends by a clock that cannot be believed: a Pi has no real-time clock.
+    let time = TimeSource::systemd(Path::new("/run"));
+    let clock = SyncedClock::new(SystemClock, time.clone());
+    let market =
+        Marketplace::new(&config.server_url, config.device_id.clone())?.with_time_source(time);
     let store = StateStore::new(&opts.state_dir);
     // One lifecycle type per storage backend.
     if let Some(storage) = usb {
-        let mut lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings)
+        let mut lifecycle = Lifecycle::new(market, runtime, storage, clock, store, settings)
             .with_firewall(Arc::new(NftFirewall));
         if let Some(engine) = engine {
             lifecycle = lifecycle.with_engine(Arc::new(engine));
@@ -185,7 +174,7 @@ async fn run_with_led(
             );
         }
         let storage = DirStorage::new(&storage_root).sized(config.storage_size_mb << 20);
-        let lifecycle = Lifecycle::new(market, runtime, storage, SystemClock, store, settings)
+        let lifecycle = Lifecycle::new(market, runtime, storage, clock, store, settings)
             .with_firewall(Arc::new(NftFirewall));
         drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led, notifier).await
     }
@@ -226,7 +215,7 @@ fn usb_storage(
 
 /// Run the lifecycle until `shutdown`, showing its phases on the LED.
 async fn drive_lifecycle<S: Storage>(
-    lifecycle: &Lifecycle<Marketplace, DockerRuntime, S, SystemClock>,
+    lifecycle: &Lifecycle<Marketplace, DockerRuntime, S, SyncedClock<SystemClock>>,
     shutdown: impl Future<Output = ()>,
     led: &LedHandle,
     notifier: &Notifier,
@@ -285,6 +274,27 @@ async fn wait_for_config(path: &Path, led: &LedHandle) -> Result<DeviceConfig, C
             other => return other,
         }
     }
+}
+
+/// The lifecycle's settings from the config and the options.
+fn settings(opts: &RunOptions, config: &DeviceConfig, specs: Specs, limits: Limits) -> Settings {
+    let mut settings = Settings::new(config.device_id.clone(), specs, limits);
+    settings.heartbeat = Duration::from_secs(config.heartbeat_seconds);
+    settings.image.clone_from(&config.renter_image);
+    settings.image_tar.clone_from(&config.renter_image_tar);
+    settings.container_name.clone_from(&opts.container_name);
+    settings.network.clone_from(&opts.network);
+    settings.sandbox.clone_from(&config.sandbox);
+    settings.notices.clone_from(&opts.notices);
+    settings.tunnel = Some(TunnelEndpoint {
+        server: config.ssh_server.clone(),
+        server_port: config.ssh_server_port.get(),
+        user: config.ssh_user.clone(),
+        password: config.ssh_password.clone(),
+        private_key: tunnel_key(config, &opts.state_dir),
+        host_key: config.ssh_host_key.clone(),
+    });
+    settings
 }
 
 async fn connect_docker() -> DockerRuntime {

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use p2pvps_governor::clock::TimeSource;
 use p2pvps_governor::marketplace::{Marketplace, MarketplaceApi as _, Specs};
 use p2pvps_governor::types::DeviceId;
 
@@ -22,10 +23,21 @@ async fn register_check_in_and_expiration_round_trip() {
     let device = common::random_device();
     let server = common::devserver(&device, Some(Duration::from_hours(1))).await;
     let url = reqwest::Url::parse(&server.url()).unwrap();
-    let client = Marketplace::new(&url, DeviceId::parse(&device).unwrap()).unwrap();
+    let time = TimeSource::until("/nonexistent/synchronized");
+    let client = Marketplace::new(&url, DeviceId::parse(&device).unwrap())
+        .unwrap()
+        .with_time_source(time.clone());
+    assert_eq!(time.server_now(), None);
 
     let e = client.expiration().await.unwrap_err();
     assert!(e.to_string().contains("404"), "before registration: {e}");
+    // Even a refusal tells the server's time (its Date header, to the second).
+    let server_now = time.server_now().expect("the answer's Date was read");
+    let off = (server_now - chrono::Utc::now()).abs();
+    assert!(
+        off < chrono::Duration::seconds(3),
+        "server time off by {off}"
+    );
 
     let before = chrono::Utc::now();
     let lease = client.register(&specs()).await.unwrap();

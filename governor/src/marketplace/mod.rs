@@ -11,6 +11,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::clock::TimeSource;
 use crate::types::{DeviceId, Port, Secret, Username, shorten};
 
 pub mod fake;
@@ -122,6 +123,8 @@ pub struct Marketplace {
     base: Url,
     device: DeviceId,
     http: reqwest::Client,
+    /// Told the server's `Date` of every answer: a second opinion on the time (`clock.rs`).
+    time: Option<TimeSource>,
 }
 
 impl Marketplace {
@@ -149,7 +152,19 @@ impl Marketplace {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        Ok(Self { base, device, http })
+        Ok(Self {
+            base,
+            device,
+            http,
+            time: None,
+        })
+    }
+
+    /// Give every answer's `Date` to `time`.
+    #[must_use]
+    pub fn with_time_source(mut self, time: TimeSource) -> Self {
+        self.time = Some(time);
+        self
     }
 }
 
@@ -242,6 +257,12 @@ impl Marketplace {
             source,
         };
         let mut resp = req.send().await.map_err(unreachable)?;
+        if let Some(time) = &self.time {
+            let date = resp.headers().get(reqwest::header::DATE);
+            if let Some(date) = date.and_then(|d| parse_http_date(d.to_str().ok()?)) {
+                time.observe_server_date(date);
+            }
+        }
         let status = resp.status();
         if resp.content_length().is_some_and(|n| n > BODY_LIMIT as u64) {
             return Err(MarketplaceError::TooLarge { call, url });
@@ -277,6 +298,11 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("expiration {:?} is not an ISO-8601 time: {e}", shorten(s)))
 }
 
+/// An HTTP `Date` (`Wed, 02 Dec 2026 00:47:02 GMT`: RFC 2822's form).
+fn parse_http_date(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc2822(s).ok().map(|t| t.to_utc())
+}
+
 /// A server's error body made safe for one log line.
 fn printable(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
@@ -290,6 +316,13 @@ fn printable(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_parse() {
+        let t = parse_http_date("Wed, 02 Dec 2026 00:47:02 GMT").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-12-02T00:47:02+00:00");
+        assert_eq!(parse_http_date("yesterday"), None);
+    }
 
     #[test]
     fn times_parse_like_javascript_iso_strings() {

@@ -67,7 +67,7 @@ fn serve(client: TcpStream, host: &str) -> std::io::Result<()> {
         let _ = to_client.shutdown(Shutdown::Write);
     });
     let mut from_client = client;
-    let mut buf = [0u8; 64 * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         match from_client.read(&mut buf) {
             Ok(0) | Err(_) => break,
