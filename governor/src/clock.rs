@@ -112,6 +112,11 @@ impl TimeSource {
         }
     }
 
+    /// Whether the clock is believed as it is, with no synchronisation to wait for.
+    pub fn trusted_as_is(&self) -> bool {
+        self.marker.is_none()
+    }
+
     pub fn synchronized(&self) -> bool {
         self.marker.as_ref().is_none_or(|m| m.exists())
     }
@@ -262,10 +267,11 @@ mod tests {
     #[test]
     fn without_systemd_the_clock_is_trusted() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(TimeSource::systemd(dir.path()).synchronized());
+        let plain = TimeSource::systemd(dir.path());
+        assert!(plain.trusted_as_is() && plain.synchronized());
         std::fs::create_dir_all(dir.path().join("systemd/system")).unwrap();
         let source = TimeSource::systemd(dir.path());
-        assert!(!source.synchronized());
+        assert!(!source.trusted_as_is() && !source.synchronized());
         std::fs::create_dir_all(dir.path().join("systemd/timesync")).unwrap();
         std::fs::write(dir.path().join("systemd/timesync/synchronized"), "").unwrap();
         assert!(source.synchronized());

@@ -41,10 +41,7 @@ impl Notifier {
         watchdog_pid: Option<&str>,
     ) -> Result<Self, NotifyError> {
         let Some(value) = socket else {
-            return Ok(Self {
-                target: None,
-                watchdog: None,
-            });
+            return Ok(Self::default());
         };
         let err = |reason: String| NotifyError::Socket {
             value: value.to_owned(),

@@ -267,6 +267,19 @@ impl World {
         *self.locked.lock().unwrap() = Some(self.state().volume);
     }
 
+    /// The renter unlocks the volume; returns once their container `id` runs again in `root`.
+    async fn unlock_and_await(&self, id: &str, root: Option<&Path>) {
+        *self.locked.lock().unwrap() = None;
+        until(Duration::from_secs(30), || {
+            self.roots
+                .at(root)
+                .containers()
+                .get(id)
+                .is_some_and(|c| c.running)
+        })
+        .await;
+    }
+
     /// A reboot: the engine comes up on the fallback root and every container is stopped.
     async fn reboot(&self) {
         self.engine.detach().await.unwrap();
@@ -402,15 +415,7 @@ async fn a_locked_volume_gets_a_stand_in_until_the_renter_unlocks() {
         tokio::time::sleep(Duration::from_mins(25)).await;
         assert!(w.market.checkins() >= check_ins_before + 3);
         // The renter unlocks.
-        *w.locked.lock().unwrap() = None;
-        until(Duration::from_secs(30), || {
-            w.roots
-                .at(volume_root.as_deref())
-                .containers()
-                .get(&id)
-                .is_some_and(|c| c.running)
-        })
-        .await;
+        w.unlock_and_await(&id, volume_root.as_deref()).await;
     })
     .await;
     assert_eq!(w.engine.root(), volume_root);
@@ -460,15 +465,7 @@ async fn a_stand_in_that_fills_the_state_partition_is_replaced() {
         let second = running().unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(running(), Some(second), "the fresh one stays");
-        *w.locked.lock().unwrap() = None;
-        until(Duration::from_secs(30), || {
-            w.roots
-                .at(volume_root.as_deref())
-                .containers()
-                .get(&id)
-                .is_some_and(|c| c.running)
-        })
-        .await;
+        w.unlock_and_await(&id, volume_root.as_deref()).await;
     })
     .await;
     assert!(

@@ -52,14 +52,14 @@ where
             () = self.clock.sleep_until(expiration) => None,
         };
         // Measured with the stand-in made: the renter image's layers are counted out already.
-        let floor = self.fallback_free().map(|free| {
+        let floor = self.fallback_free().map(|free| free / 2);
+        if let Some(floor) = floor {
             info!(
                 "stand-in container up: it may use the state partition down to {} MiB free ({} MiB free now)",
-                (free / 2) >> 20,
-                free >> 20
+                floor >> 20,
+                (floor * 2) >> 20
             );
-            free / 2
-        });
+        }
         let mut next_beat = self.clock.now();
         let unlocked = loop {
             let expiration = lease(state).expiration;
