@@ -105,6 +105,7 @@ pub async fn run(config_path: &Path, env: &CheckEnv) -> Vec<Line> {
         format!("{} (device {})", config_path.display(), config.device_id),
     )];
     lines.push(clock(env));
+    lines.extend(wifi(&config, env));
     lines.extend(docker(&config).await);
     lines.push(sandbox(env));
     lines.push(storage(&config, env));
@@ -221,6 +222,37 @@ async fn docker(config: &DeviceConfig) -> Vec<Line> {
 
 /// The renter's network rules: in the kernel for the bridge the governor last used, or (before the
 /// first rental) nftables at least answers.
+/// With `wifiSsid` in the config: is there a radio, and is it connected (the passphrase is not shown).
+fn wifi(config: &DeviceConfig, env: &CheckEnv) -> Option<Line> {
+    let wifi = config.wifi.as_ref()?;
+    let net = env.sys_dir.join("class/net");
+    let mut radios: Vec<String> = std::fs::read_dir(&net)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("wireless").is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    radios.sort();
+    let Some(radio) = radios.first() else {
+        return Some(Line::fail(
+            "wifi",
+            format!("{}: this device has no Wi-Fi radio", wifi.summary()),
+            "use a network cable, or remove the wifi… keys from device-config.json (every Pi since the 3 B and the Zero 2 W has a radio; other boards need a USB adapter that Debian's kernel drives)",
+        ));
+    };
+    let state = std::fs::read_to_string(net.join(radio).join("operstate")).unwrap_or_default();
+    Some(if state.trim() == "up" {
+        Line::ok("wifi", format!("{radio} connected to {}", wifi.summary()))
+    } else {
+        Line::fail(
+            "wifi",
+            format!("{radio} is not connected to {}", wifi.summary()),
+            format!("check the network's name, passphrase and country in device-config.json and that the router is in reach; `journalctl -u p2pvps-wifi@{radio}` tells why"),
+        )
+    })
+}
+
 fn sandbox(env: &CheckEnv) -> Line {
     let fix = "the governor puts them in place before the renter's container starts: see its log (`journalctl -u p2pvps-governor`); `nft` must be installed and the kernel have nf_tables";
     let bridge = StateStore::new(&env.state_dir)
@@ -451,6 +483,35 @@ mod tests {
         std::fs::create_dir_all(env.run_dir.join("systemd/timesync")).unwrap();
         std::fs::write(env.run_dir.join("systemd/timesync/synchronized"), "").unwrap();
         assert_eq!(clock(&env).verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn wifi_needs_a_radio_that_is_up() {
+        let (_t, env) = env();
+        let text = r#"{"deviceId": "5a2608cfd7df9800266a339d", "serverUrl": "http://h:1",
+            "wifiSsid": "Home", "wifiPassphrase": "correct horse", "wifiCountry": "GB"}"#;
+        let config = DeviceConfig::parse(Path::new("c.json"), text).unwrap();
+        let wired = DeviceConfig::parse(
+            Path::new("c.json"),
+            r#"{"deviceId": "5a2608cfd7df9800266a339d", "serverUrl": "http://h:1"}"#,
+        )
+        .unwrap();
+        assert!(wifi(&wired, &env).is_none(), "no line without wifi");
+        let l = wifi(&config, &env).unwrap();
+        assert!(l.to_string().contains("no Wi-Fi radio"), "{l}");
+        let wlan = env.sys_dir.join("class/net/wlan0");
+        std::fs::create_dir_all(wlan.join("wireless")).unwrap();
+        std::fs::write(wlan.join("operstate"), "dormant\n").unwrap();
+        let l = wifi(&config, &env).unwrap();
+        assert_eq!(l.verdict, Verdict::Fail);
+        assert!(
+            l.to_string().contains("wlan0 is not connected to \"Home\""),
+            "{l}"
+        );
+        std::fs::write(wlan.join("operstate"), "up\n").unwrap();
+        let l = wifi(&config, &env).unwrap();
+        assert_eq!(l.verdict, Verdict::Ok, "{l}");
+        assert!(!l.to_string().contains("horse"), "{l}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod state;
 pub mod status;
 pub mod storage;
 pub mod types;
+pub mod wifi;
 
 /// Exit status for a bad device-config.json (sysexits' EX_CONFIG); the systemd unit does not restart
 /// on it (`RestartPreventExitStatus=78`), since a restart cannot fix the file.

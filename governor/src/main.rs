@@ -68,6 +68,16 @@ enum Command {
         #[arg(default_value = config::DEFAULT_PATH)]
         path: PathBuf,
     },
+    /// Write the wpa_supplicant configuration of the config's Wi-Fi network (mode 0600). Exit
+    /// status for systemd's ExecCondition: 0 written, 1 no `wifiSsid` in the config (the radio stays
+    /// off), 255 the config is invalid (the unit fails).
+    WifiConfig {
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -138,6 +148,35 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::WifiConfig { config, out } => wifi_config(&config, &out),
+    }
+}
+
+fn wifi_config(config: &std::path::Path, out: &std::path::Path) -> ExitCode {
+    match DeviceConfig::load(config) {
+        Ok(DeviceConfig {
+            wifi: Some(wifi), ..
+        }) => match wifi.write_supplicant_config(out) {
+            Ok(()) => {
+                eprintln!("Wi-Fi: {}", wifi.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(255)
+            }
+        },
+        Ok(_) => {
+            eprintln!(
+                "{}: no wifiSsid: the radio stays off",
+                config.display()
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(255)
+        }
     }
 }
 
