@@ -124,8 +124,11 @@ impl Wifi {
         );
         let _ = writeln!(out, "country={}", self.country);
         out.push_str("network={\n");
-        let hex: String = self.ssid.bytes().map(|b| format!("{b:02x}")).collect();
-        let _ = writeln!(out, "\tssid={hex}");
+        out.push_str("\tssid=");
+        for b in self.ssid.bytes() {
+            let _ = write!(out, "{b:02x}");
+        }
+        out.push('\n');
         out.push_str("\tscan_ssid=1\n");
         match &self.passphrase {
             Some(p) => {
