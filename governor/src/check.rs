@@ -248,7 +248,9 @@ fn wifi(config: &DeviceConfig, env: &CheckEnv) -> Option<Line> {
         Line::fail(
             "wifi",
             format!("{radio} is not connected to {}", wifi.summary()),
-            format!("check the network's name, passphrase and country in device-config.json and that the router is in reach; `journalctl -u p2pvps-wifi@{radio}` tells why"),
+            format!(
+                "check the network's name, passphrase and country in device-config.json and that the router is in reach; `journalctl -u p2pvps-wifi@{radio}` tells why"
+            ),
         )
     })
 }

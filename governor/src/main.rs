@@ -167,10 +167,7 @@ fn wifi_config(config: &std::path::Path, out: &std::path::Path) -> ExitCode {
             }
         },
         Ok(_) => {
-            eprintln!(
-                "{}: no wifiSsid: the radio stays off",
-                config.display()
-            );
+            eprintln!("{}: no wifiSsid: the radio stays off", config.display());
             ExitCode::from(1)
         }
         Err(e) => {

@@ -199,9 +199,11 @@ impl DockerRuntime {
             tag: Some(tag.to_owned()),
             ..Default::default()
         };
+        // bollard's default of 120 s per request bounds the whole upload: an emulated board on a
+        // loaded host, or a Pi reading a slow card, needs longer (progress is logged meanwhile).
+        let docker = self.docker.clone().with_timeout(IMPORT_TIMEOUT);
         let mut progress =
-            self.docker
-                .create_image(Some(options), Some(bollard::body_try_stream(chunks)), None);
+            docker.create_image(Some(options), Some(bollard::body_try_stream(chunks)), None);
         while let Some(step) = progress.next().await {
             step.map_err(|e| RuntimeError::Image {
                 image: image.to_owned(),
@@ -244,6 +246,8 @@ fn remapped_root(
 }
 
 const IMPORT_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// The renter image's import as one request: an hour, against the minutes it takes on a Pi.
+const IMPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_hours(1);
 
 /// "120 of 400 MiB (30%)".
 fn import_progress(done: u64, total: u64) -> String {
