@@ -20,7 +20,7 @@ use crate::types::{Secret, shorten};
 pub struct Wifi {
     /// The network's name (1-32 bytes, any bytes: written to the supplicant in hex).
     pub ssid: String,
-    /// WPA2/WPA3-Personal passphrase (8-63 printable ASCII characters); `None` for an open network.
+    /// WPA2-Personal passphrase (8-63 printable ASCII characters); `None` for an open network.
     pub passphrase: Option<Secret>,
     /// ISO 3166 two-letter country code: which channels and powers the radio may use.
     pub country: String,
@@ -113,9 +113,11 @@ impl Wifi {
         )
     }
 
-    /// The wpa_supplicant configuration. The name goes in hex (no quoting of what the owner typed);
-    /// the passphrase in quotes, which wpa_supplicant ends at the last `"` of the line (the parser
-    /// refused line breaks and non-printable characters). WPA2 and WPA3 networks both join.
+    /// The wpa_supplicant configuration. The name goes in hex and the passphrase as the 256-bit key
+    /// WPA derives from it (PBKDF2-HMAC-SHA1 over the name, 4096 rounds), also hex: nothing the owner
+    /// typed is quoted (wpa_supplicant's quoted strings end at the first `"`), and the passphrase
+    /// itself is in no file. WPA2 networks and WPA2/WPA3 mixed ones join; WPA3-only (SAE) needs the
+    /// passphrase itself and is not offered.
     pub fn supplicant_config(&self) -> String {
         let mut out = String::from(
             "# Written by p2pvps-governor wifi-config from device-config.json: do not edit.\n\
@@ -132,8 +134,11 @@ impl Wifi {
         out.push_str("\tscan_ssid=1\n");
         match &self.passphrase {
             Some(p) => {
-                out.push_str("\tkey_mgmt=WPA-PSK WPA-PSK-SHA256 SAE\n\tieee80211w=1\n");
-                let _ = writeln!(out, "\tpsk=\"{}\"", p.expose());
+                out.push_str("\tkey_mgmt=WPA-PSK WPA-PSK-SHA256\n\tieee80211w=1\n\tpsk=");
+                for b in wpa_psk(p.expose(), &self.ssid) {
+                    let _ = write!(out, "{b:02x}");
+                }
+                out.push('\n');
             }
             None => out.push_str("\tkey_mgmt=NONE\n"),
         }
@@ -163,6 +168,19 @@ impl Wifi {
     }
 }
 
+/// The pre-shared key of a WPA2-Personal network (IEEE 802.11i, annex H.4).
+fn wpa_psk(passphrase: &str, ssid: &str) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA1,
+        std::num::NonZeroU32::new(4096).expect("4096 is not zero"),
+        ssid.as_bytes(),
+        passphrase.as_bytes(),
+        &mut key,
+    );
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,9 +203,17 @@ mod tests {
         assert_eq!(w.country, "GB");
         let conf = w.supplicant_config();
         assert!(conf.contains("\tssid=486f6d652022354722\n"), "{conf}");
-        assert!(conf.contains("\tpsk=\"pa\"ss word#1\"\n"), "{conf}");
+        let psk = conf.lines().find_map(|l| l.strip_prefix("\tpsk=")).unwrap();
+        assert!(
+            psk.len() == 64 && psk.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{conf}"
+        );
+        assert!(
+            !conf.contains("word"),
+            "the passphrase itself is in no file: {conf}"
+        );
         assert!(conf.contains("country=GB\n"));
-        assert!(conf.contains("key_mgmt=WPA-PSK WPA-PSK-SHA256 SAE"));
+        assert!(conf.contains("key_mgmt=WPA-PSK WPA-PSK-SHA256\n"));
         assert!(!w.summary().contains("word"), "{}", w.summary());
         assert!(!format!("{w:?}").contains("word"));
     }
@@ -239,6 +265,15 @@ mod tests {
             err(json!({"wifiSsid": "a", "wifiCountry": "GBR"})),
             "wifiCountry",
             "two-letter",
+        );
+    }
+
+    #[test]
+    fn the_psk_is_the_standard_derivation() {
+        // IEEE 802.11i-2004, annex H.4.1: passphrase "password", SSID "IEEE".
+        assert_eq!(
+            hex::encode(wpa_psk("password", "IEEE")),
+            "f42c6fc52df0ebef9ebb4b90b38a5f902e83fe1b135a70e23aed762e9710a12e"
         );
     }
 
