@@ -126,19 +126,16 @@ impl Wifi {
         );
         let _ = writeln!(out, "country={}", self.country);
         out.push_str("network={\n");
-        out.push_str("\tssid=");
-        for b in self.ssid.bytes() {
-            let _ = write!(out, "{b:02x}");
-        }
-        out.push('\n');
+        let _ = writeln!(out, "\tssid={}", hex::encode(&self.ssid));
         out.push_str("\tscan_ssid=1\n");
         match &self.passphrase {
             Some(p) => {
-                out.push_str("\tkey_mgmt=WPA-PSK WPA-PSK-SHA256\n\tieee80211w=1\n\tpsk=");
-                for b in wpa_psk(p.expose(), &self.ssid) {
-                    let _ = write!(out, "{b:02x}");
-                }
-                out.push('\n');
+                out.push_str("\tkey_mgmt=WPA-PSK WPA-PSK-SHA256\n\tieee80211w=1\n");
+                let _ = writeln!(
+                    out,
+                    "\tpsk={}",
+                    hex::encode(wpa_psk(p.expose(), &self.ssid))
+                );
             }
             None => out.push_str("\tkey_mgmt=NONE\n"),
         }
