@@ -526,7 +526,7 @@ impl Reader<'_> {
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|v| match v {
-                    Value::String(s) => Net::parse(s.trim()).map_err(&bad),
+                    Value::String(s) => Net::parse(s.trim()).map_err(bad),
                     other => Err(bad(format!(
                         "must list addresses as strings, got {}",
                         json_kind(other)

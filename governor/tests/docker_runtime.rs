@@ -129,7 +129,8 @@ async fn a_renter_container_is_confined_has_its_login_and_stops_fast() {
         "stop waited for the kill: {took:?}"
     );
     assert_eq!(rt.state(&id).await.unwrap(), None);
-    assert!(rt.list(&device).await.unwrap().is_empty());
+    let left = rt.list(&device).await.unwrap();
+    assert!(left.is_empty(), "containers left: {left:?}");
     rt.remove(&id, Duration::from_secs(3))
         .await
         .expect("removing a gone container is fine");

@@ -39,7 +39,7 @@ async fn a_renter_logs_in_with_sudo_and_a_re_rent_changes_the_login() {
         "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
         &rig.name,
     ]);
-    assert!(!ip.is_empty());
+    assert_ne!(ip, "", "the renter container has no address");
     let (_, ports, _) = docker(&[
         "inspect",
         "--format",

@@ -509,7 +509,8 @@ async fn an_unknown_device_keeps_trying_without_a_container() {
     w.drive(&lc, async {
         tokio::time::sleep(Duration::from_mins(30)).await;
         assert_eq!(w.state().phase, Phase::Registering);
-        assert!(w.runtime.containers().is_empty());
+        let left = w.runtime.containers();
+        assert!(left.is_empty(), "containers left: {left:?}");
         w.market.set_unknown_device(false);
         until(Duration::from_secs(400), || {
             w.state().phase == Phase::Serving
@@ -555,7 +556,8 @@ async fn a_rental_that_cannot_be_provisioned_still_ends_on_time() {
         })
         .await;
         until(Duration::from_secs(3700), || w.market.registrations() == 2).await;
-        assert!(w.runtime.containers().is_empty());
+        let left = w.runtime.containers();
+        assert!(left.is_empty(), "containers left: {left:?}");
     })
     .await;
 }
@@ -583,7 +585,7 @@ async fn the_network_rules_are_in_place_before_any_renter_container_starts() {
         // Made when the container is created, checked again as serving starts (after a reboot
         // the kernel has none).
         let applied = firewall.applied.lock().unwrap().clone();
-        assert!(!applied.is_empty());
+        assert_ne!(applied.len(), 0, "no renter network rules were applied");
         assert!(applied.iter().all(|r| r.bridge == "p2pvps0"), "{applied:?}");
         assert!(
             applied[0].policy.smtp,

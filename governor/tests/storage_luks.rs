@@ -103,7 +103,8 @@ fn erase_destroys_every_keyslot_and_says_how_much_header_to_overwrite() {
     let header = luks::erase(&disk.dev).unwrap().expect("a header was there");
     assert_eq!(header, 16 << 20, "LUKS2's default header size");
     // The header is still readable, but nothing opens it any more.
-    assert!(luks::active_slots(&disk.dev).unwrap().is_empty());
+    let slots = luks::active_slots(&disk.dev).unwrap();
+    assert!(slots.is_empty(), "keyslots left: {slots:?}");
     assert!(luks::check_key(&disk.dev, &key).unwrap_err().is_wrong_key());
     assert!(
         luks::check_key(&disk.dev, b"a passphrase")
