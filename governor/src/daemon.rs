@@ -9,7 +9,6 @@ use tracing::{info, warn};
 
 use crate::clock::{Clock as _, SyncedClock, SystemClock, TimeSource};
 use crate::config::{ConfigError, DeviceConfig, Led, StorageDevice};
-use crate::engine::BindEngine;
 use crate::led::{self, Indication, LedHandle, LedOptions};
 use crate::lifecycle::{Lifecycle, LifecycleError, Settings};
 use crate::marketplace::{Marketplace, MarketplaceError, Specs};
@@ -41,8 +40,6 @@ pub struct RunOptions {
     pub led_root: PathBuf,
     /// When to tell the renter that the rental ends (before the expiration).
     pub notices: Vec<Duration>,
-    /// Docker's data root and its fallback: the root follows the USB volume (`engine.rs`).
-    pub engine: Option<(PathBuf, PathBuf)>,
     /// The connector binary, run on the host as the tunnel keeper (`sandbox/tunnel.rs`).
     pub connector: PathBuf,
 }
@@ -104,19 +101,18 @@ async fn run_with_led(
         old.shutdown().await;
     }
     let storage_root = opts.state_dir.join("storage");
-    let engine = opts
-        .engine
-        .as_ref()
-        .map(|(data_root, fallback)| BindEngine::systemd(data_root, fallback));
+    // The engine first: under userns-remap the socket belongs to the container's remapped root,
+    // and the renter container's layer may still be bound from the volume below its data root.
+    let runtime = tokio::select! {
+        () = &mut shutdown => return Ok(()),
+        r = connect_docker() => r,
+    };
     let drive = match &config.storage_device {
         StorageDevice::None => None,
         device => {
             led.show(Indication::WaitingForStorage);
             let mut paths = HostPaths::default();
-            // The engine's data root may still be bound from the rental's volume (a restart).
-            paths
-                .own_mounts
-                .extend(engine.as_ref().map(|e| e.data_root().to_owned()));
+            paths.own_mounts.push(runtime.root_dir().to_owned());
             let disk = tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 d = discover::wait_for(&paths, &opts.state_dir, device, STORAGE_POLL) => d?,
@@ -138,16 +134,8 @@ async fn run_with_led(
     let usb = drive.map(|disk| Arc::new(usb_storage(disk.path, opts, &config, encrypt)));
     let mut hub = Hub::new(&opts.state_dir);
     if let Some(usb) = &usb {
-        hub = hub.with_keys(usb.clone());
-        if engine.is_some() {
-            hub = hub.with_engine_on_volume();
-        }
+        hub = hub.with_keys(usb.clone()).with_layer_on_volume();
     }
-    // The engine first: under userns-remap the socket belongs to the container's remapped root.
-    let runtime = tokio::select! {
-        () = &mut shutdown => return Ok(()),
-        r = connect_docker() => r,
-    };
     let _socket = socket::serve(&socket_dir, runtime.remapped_root(), hub.clone())?;
     let _tunnel = crate::AbortOnDrop(tokio::spawn(tunnel::keep(
         opts.connector.clone(),
@@ -161,18 +149,10 @@ async fn run_with_led(
     let store = StateStore::new(&opts.state_dir);
     // One lifecycle type per storage backend.
     if let Some(storage) = usb {
-        let mut lifecycle = Lifecycle::new(market, runtime, storage, clock, store, settings)
+        let lifecycle = Lifecycle::new(market, runtime, storage, clock, store, settings)
             .with_firewall(Arc::new(NftFirewall));
-        if let Some(engine) = engine {
-            lifecycle = lifecycle.with_engine(Arc::new(engine));
-        }
         drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led, notifier).await
     } else {
-        if engine.is_some() {
-            info!(
-                "storage is a directory (storageDevice none): Docker's data root stays where it is"
-            );
-        }
         let storage = DirStorage::new(&storage_root).sized(config.storage_size_mb << 20);
         let lifecycle = Lifecycle::new(market, runtime, storage, clock, store, settings)
             .with_firewall(Arc::new(NftFirewall));
@@ -386,7 +366,6 @@ mod tests {
             network: "none".into(),
             led_root: tmp.join("leds"),
             notices: Vec::new(),
-            engine: None,
             connector: "/nonexistent/p2pvps-connector".into(),
         };
         (opts, act)

@@ -6,7 +6,6 @@ pub mod clock;
 pub mod command;
 pub mod config;
 pub mod daemon;
-pub mod engine;
 pub mod host;
 pub mod led;
 pub mod lifecycle;

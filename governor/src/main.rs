@@ -37,14 +37,6 @@ enum Command {
         /// When to tell the renter the rental ends: seconds before the expiration, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "86400,3600,600")]
         expiry_notices: Vec<u64>,
-        /// Keep Docker's data root (this path, its `data-root`) on the rental's USB volume, so that
-        /// container layers go with the wipe; Docker is restarted (systemctl) to move it. The image
-        /// sets it; leave it unset on a host whose Docker serves other things.
-        #[arg(long, requires = "engine_fallback_root")]
-        engine_data_root: Option<PathBuf>,
-        /// Where Docker's data root is bound between rentals (on the state partition).
-        #[arg(long, requires = "engine_data_root")]
-        engine_fallback_root: Option<PathBuf>,
         /// The connector binary that keeps the tunnel, on the host (default: beside this
         /// program, else /usr/lib/p2pvps/p2pvps-connector).
         #[arg(long)]
@@ -88,8 +80,6 @@ fn main() -> ExitCode {
             container_name,
             network,
             expiry_notices,
-            engine_data_root,
-            engine_fallback_root,
             connector,
         } => run(RunOptions {
             connector: connector
@@ -103,7 +93,6 @@ fn main() -> ExitCode {
                 .into_iter()
                 .map(std::time::Duration::from_secs)
                 .collect(),
-            engine: engine_data_root.zip(engine_fallback_root),
         }),
         Command::Status { state_dir, json } => match status::load(&StateStore::new(state_dir)) {
             Ok(view) if json => {

@@ -29,11 +29,12 @@ pub enum StateError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
-    /// Making a fresh storage volume for the next renter.
+    /// Making everything the next renter needs before the device is offered: a fresh storage
+    /// volume and their container, running with its layer on that volume, waiting for a login.
     PreparingStorage,
     /// Offering the device to the marketplace.
     Registering,
-    /// Creating the renter's container and login.
+    /// Giving the renter their login (and a container, if the one made before is gone).
     Provisioning,
     /// A renter's container is running until the expiration.
     Serving,
@@ -94,6 +95,9 @@ pub struct State {
     /// The bridge of the renter's network whose rules the governor put in place last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_rules: Option<String>,
+    /// Since when everything the next renter needs is in place (the device is on the market).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_since: Option<DateTime<Utc>>,
 }
 
 impl State {
@@ -107,6 +111,7 @@ impl State {
             rentals_completed: 0,
             last_heartbeat: None,
             network_rules: None,
+            ready_since: None,
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::sandbox::NftFirewall;
 use crate::sandbox::tunnel::PUBLIC_KEY_FILE;
 use crate::socket::{TUNNEL_FILE, TunnelReport};
-use crate::state::{State, StateError, StateStore};
+use crate::state::{Phase, State, StateError, StateStore};
 use crate::storage::UsbStorage;
 use crate::storage::keys::KeyDir;
 
@@ -37,6 +37,8 @@ pub struct StatusView {
     pub network_rules: Option<String>,
     /// The public half of the device's tunnel key, for the marketplace's operator.
     pub tunnel_key: Option<String>,
+    /// Since when everything the next renter needs is in place, while the device is offered.
+    pub ready_since: Option<DateTime<Utc>>,
 }
 
 impl StatusView {
@@ -57,6 +59,7 @@ impl StatusView {
                 storage_key: None,
                 network_rules: None,
                 tunnel_key: None,
+                ready_since: None,
             };
         };
         Self {
@@ -74,6 +77,7 @@ impl StatusView {
             storage_key: None,
             network_rules: s.network_rules.clone(),
             tunnel_key: None,
+            ready_since: s.ready_since.filter(|_| s.phase == Phase::Registering),
         }
     }
 
@@ -84,6 +88,13 @@ impl StatusView {
             let _ = writeln!(out, "{k:<16} {v}");
         };
         line("phase", &self.phase);
+        if let Some(at) = self.ready_since {
+            let local = at.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S %Z");
+            line(
+                "ready",
+                &format!("for a renter since {local} ({})", relative(at, now)),
+            );
+        }
         if let Some(d) = &self.device_id {
             line("device", d);
         }
@@ -229,6 +240,24 @@ mod tests {
             view.render(Utc::now())
                 .contains("LOCKED until the renter runs")
         );
+    }
+
+    #[test]
+    fn ready_for_a_renter_shows_only_while_the_device_is_offered() {
+        let now = Utc::now();
+        let mut state =
+            State::new(crate::types::DeviceId::parse("5a2608cfd7df9800266a339d").unwrap());
+        state.ready_since = Some(now - chrono::Duration::seconds(90));
+        state.phase = Phase::Registering;
+        let shown = StatusView::from_state(Some(&state)).render(now);
+        assert!(
+            shown.contains("ready            for a renter since "),
+            "{shown}"
+        );
+        assert!(shown.contains("(1 min ago)"), "{shown}");
+        state.phase = Phase::Serving;
+        let shown = StatusView::from_state(Some(&state)).render(now);
+        assert!(!shown.contains("for a renter since"), "{shown}");
     }
 
     #[test]

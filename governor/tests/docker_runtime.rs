@@ -29,6 +29,7 @@ fn spec(name: &str, device: &str, storage: &std::path::Path) -> ContainerSpec {
             nano_cpus: 1_500_000_000,
             pids: 512,
         },
+        layer: None,
     }
 }
 
@@ -59,6 +60,12 @@ async fn a_renter_container_is_confined_has_its_login_and_stops_fast() {
     // A documentation address: with no network it is only written down, never asked.
     confined.dns = vec!["192.0.2.53".parse().unwrap()];
     let id = rt.create(&confined).await.unwrap();
+    assert_eq!(
+        rt.state(&id).await.unwrap(),
+        Some(false),
+        "created, not started"
+    );
+    rt.start(&id, None).await.unwrap();
     assert_eq!(rt.state(&id).await.unwrap(), Some(true));
     assert_eq!(
         inspect(&name, "{{json .HostConfig.Dns}}"),
@@ -78,6 +85,8 @@ async fn a_renter_container_is_confined_has_its_login_and_stops_fast() {
     assert_eq!(inspect(&name, "{{.HostConfig.NanoCpus}}"), "1500000000");
     assert_eq!(inspect(&name, "{{.HostConfig.PidsLimit}}"), "512");
     assert_eq!(inspect(&name, "{{.HostConfig.Init}}"), "true");
+    // What the renter writes to the container's output is not kept under the engine's root.
+    assert_eq!(inspect(&name, "{{.HostConfig.LogConfig.Type}}"), "none");
     let mounts = inspect(&name, "{{json .Mounts}}");
     assert!(!mounts.contains("docker.sock"), "{mounts}");
     assert!(mounts.contains("/media/storage"), "{mounts}");
@@ -114,12 +123,11 @@ async fn a_renter_container_is_confined_has_its_login_and_stops_fast() {
     // The password is nowhere in the container's config or environment.
     assert!(!env.contains("Xy7pQ2mN0a") && !inspect(&name, "{{json .}}").contains("Xy7pQ2mN0a"));
 
-    // A second useradd of the same name fails and says why.
-    let e = rt.add_login(&id, &user, &hash).await.unwrap_err();
-    assert!(
-        matches!(&e, RuntimeError::Exec { stderr, .. } if stderr.contains("already exists")),
-        "{e}"
-    );
+    // Made again (a login interrupted half-way): the user is kept, the password set anew.
+    let again = PasswordHash::of(&Secret::password("Qq1wE2rT3y").unwrap());
+    rt.add_login(&id, &user, &again).await.unwrap();
+    let (_, shadow, _) = docker(&["exec", &name, "getent", "shadow", "aB3xY9zQ1k"]);
+    assert_eq!(shadow.split(':').nth(1), Some(again.as_str()));
 
     let started = Instant::now();
     rt.remove(&id, Duration::from_secs(3)).await.unwrap();
@@ -144,10 +152,11 @@ async fn a_stopped_container_is_seen_and_restarted() {
         .create(&spec(&name, &device, storage.path()))
         .await
         .unwrap();
+    rt.start(&id, None).await.unwrap();
     let (ok, _, err) = docker(&["stop", "-t", "1", &name]);
     assert!(ok, "{err}");
     assert_eq!(rt.state(&id).await.unwrap(), Some(false));
-    rt.start(&id).await.unwrap();
+    rt.start(&id, None).await.unwrap();
     assert_eq!(rt.state(&id).await.unwrap(), Some(true));
 }
 
@@ -237,6 +246,7 @@ async fn a_volume_mounted_after_the_start_reaches_the_container() {
     let mut s = spec(&name, &device, &point);
     s.storage_propagation = true;
     let id = rt.create(&s).await.unwrap();
+    rt.start(&id, None).await.unwrap();
     assert!(inspect(&name, "{{json .Mounts}}").contains("\"Propagation\":\"rslave\""));
     let user = Username::parse("renter1").unwrap();
     let hash = PasswordHash::of(&Secret::password("Xy7pQ2mN0a").unwrap());
@@ -256,4 +266,105 @@ async fn a_volume_mounted_after_the_start_reaches_the_container() {
     assert!(ok, "the unlocked volume did not reach the container: {err}");
     assert_eq!(out, "from the volume");
     rt.remove(&id, Duration::from_secs(3)).await.unwrap();
+}
+
+/// Whether `path` is a mount point in this mount namespace.
+fn is_mount_point(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(path))
+}
+
+/// The renter's writes, anywhere in the container, land in the layer directory on the volume (a
+/// filesystem of its own here), and nowhere under the engine's data root; the engine's copy of the
+/// layer is the volume's only while the container lives, and the volume's survives the removal
+/// (the wipe takes it), so the engine never deletes the renter's files through the bind.
+#[tokio::test]
+async fn the_renter_writes_only_to_its_layer_on_the_volume() {
+    let rt = DockerRuntime::connect().await.unwrap();
+    let (device, name, state, _cleanup) = names();
+    let volume = state.path().join("vol");
+    std::fs::create_dir_all(&volume).unwrap();
+    let volume_s = volume.to_str().unwrap();
+    let _unmount = Unmount(vec![volume.clone()]);
+    mount(&[
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=16m",
+        "p2pvps-test-volume",
+        volume_s,
+    ]);
+    let layer = volume.join("layer");
+    std::fs::create_dir_all(&layer).unwrap();
+    let storage = volume.join("renter");
+    std::fs::create_dir_all(&storage).unwrap();
+
+    let mut s = spec(&name, &device, &storage);
+    s.layer = Some(layer.clone());
+    s.dns = vec!["192.0.2.53".parse().unwrap()];
+    let id = rt.create(&s).await.unwrap();
+    let missing = state.path().join("closed-volume");
+    let e = rt.start(&id, Some(&missing)).await.unwrap_err();
+    assert!(e.to_string().contains("closed-volume"), "{e}");
+    assert_eq!(
+        rt.state(&id).await.unwrap(),
+        Some(false),
+        "started without its layer"
+    );
+
+    rt.start(&id, Some(&layer)).await.unwrap();
+    let upper = inspect(&name, "{{.GraphDriver.Data.UpperDir}}");
+    let home = std::path::Path::new(&upper)
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(is_mount_point(&home), "{home} is not bound");
+    let (ok, _, err) = docker(&[
+        "exec",
+        &name,
+        "sh",
+        "-c",
+        "echo canary-7f3 > /root/canary && echo '10.1.2.3 renter-host' >> /etc/hosts && \
+         echo renterbox > /etc/hostname && cat /etc/resolv.conf",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(layer.join("home/diff/root/canary")).unwrap(),
+        "canary-7f3\n"
+    );
+    let hosts = std::fs::read_to_string(layer.join("etc/hosts")).unwrap();
+    assert!(hosts.contains("10.1.2.3 renter-host"), "{hosts}");
+    assert_eq!(
+        std::fs::read_to_string(layer.join("etc/resolv.conf")).unwrap(),
+        "nameserver 192.0.2.53\n"
+    );
+    // A reboot drops the binds: the stopped container starts again only on the volume's layer.
+    let (ok, _, err) = docker(&["stop", "-t", "0", &name]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = common::run("umount", &[&home]);
+    assert!(ok, "{err}");
+    // Nothing of it under the engine's own root: the container's layer and its directory.
+    let own = rt.root_dir().join("containers").join(&id);
+    for (what, text) in [("file", "canary-7f3"), ("hosts line", "renter-host")] {
+        let (_, found, _) = common::run("grep", &["-rlsF", text, &home, own.to_str().unwrap()]);
+        assert!(
+            found.is_empty(),
+            "the renter's {what} under the engine's root: {found}"
+        );
+    }
+    rt.start(&id, Some(&layer)).await.unwrap();
+    let (ok, out, err) = docker(&["exec", &name, "cat", "/root/canary"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "canary-7f3");
+
+    rt.remove(&id, Duration::from_secs(1)).await.unwrap();
+    assert!(!is_mount_point(&home));
+    assert!(
+        layer.join("home/diff/root/canary").exists(),
+        "the engine deleted the renter's files through the bind"
+    );
 }

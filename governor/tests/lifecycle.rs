@@ -241,8 +241,9 @@ async fn an_outage_never_ends_a_rental_early_and_expiry_still_holds() {
         let hb = w.state().last_heartbeat.unwrap();
         assert!(hb.error.unwrap().contains("503"));
         // Expiry is enforced while the server is still down…
+        let renter = w.state().container.unwrap();
         until(Duration::from_secs(10), || {
-            w.runtime.containers().is_empty()
+            !w.runtime.containers().contains_key(&renter)
         })
         .await;
         // …and no new registration happens until it comes back.
@@ -377,6 +378,8 @@ async fn containers_the_state_does_not_own_are_removed_at_start() {
         storage: "/nonexistent".into(),
         running: true,
         login: None,
+        layer: None,
+        started_on: None,
     };
     w.runtime.insert("orphan", orphan(DEVICE));
     w.runtime
@@ -502,15 +505,18 @@ async fn engine_failures_are_retried() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_unknown_device_keeps_trying_without_a_container() {
+async fn an_unknown_device_keeps_trying_with_its_container_waiting_without_a_login() {
     let w = World::new(24);
     w.market.set_unknown_device(true);
     let lc = w.lifecycle();
     w.drive(&lc, async {
         tokio::time::sleep(Duration::from_mins(30)).await;
         assert_eq!(w.state().phase, Phase::Registering);
-        let left = w.runtime.containers();
-        assert!(left.is_empty(), "containers left: {left:?}");
+        let waiting = w.runtime.containers();
+        assert!(
+            waiting.len() == 1 && waiting.values().all(|c| c.running && c.login.is_none()),
+            "containers: {waiting:?}"
+        );
         w.market.set_unknown_device(false);
         until(Duration::from_secs(400), || {
             w.state().phase == Phase::Serving
@@ -542,22 +548,19 @@ async fn a_new_device_id_ends_the_old_rental_before_registering() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_rental_that_cannot_be_provisioned_still_ends_on_time() {
+async fn a_device_that_cannot_make_the_container_is_never_offered() {
     let w = World::new(1);
-    // No image and no tarball: provisioning retries until the expiration ends the rental.
+    // No image and no tarball: the preparation retries, and the device stays off the market.
     let w = World {
         runtime: Arc::new(FakeRuntime::new()),
         ..w
     };
     let lc = w.lifecycle();
     w.drive(&lc, async {
-        until(Duration::from_secs(5), || {
-            w.state().phase == Phase::Provisioning
-        })
-        .await;
-        until(Duration::from_secs(3700), || w.market.registrations() == 2).await;
-        let left = w.runtime.containers();
-        assert!(left.is_empty(), "containers left: {left:?}");
+        tokio::time::sleep(Duration::from_hours(1)).await;
+        assert_eq!(w.state().phase, Phase::PreparingStorage);
+        assert_eq!(w.market.registrations(), 0);
+        assert!(w.runtime.containers().is_empty());
     })
     .await;
 }

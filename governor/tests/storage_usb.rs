@@ -119,12 +119,12 @@ async fn prepare_write_wipe_verify_and_the_canary_is_gone() {
     assert_eq!(blkid(&rig.disk.partition(1), "LABEL"), FS_LABEL);
     assert_eq!(blkid(&rig.disk.partition(1), "TYPE"), "ext4");
 
-    // The renter sees only `renter/`; the engine's data root is beside it on the same filesystem,
-    // out of the container's reach.
-    let engine = s.engine_root("v1").expect("an engine root while mounted");
-    assert_eq!(engine, s.volume_point("v1").join("engine"));
+    // The renter sees only `renter/`; their container's layer is beside it on the same
+    // filesystem, reached only through the container.
+    let layer = s.layer_root("v1").expect("a layer directory while mounted");
+    assert_eq!(layer, s.volume_point("v1").join("layer"));
     let dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(p).unwrap());
-    assert_eq!(dev(&engine), dev(&path), "the engine root is on the volume");
+    assert_eq!(dev(&layer), dev(&path), "the layer is on the volume");
     let seen: Vec<_> = std::fs::read_dir(&path)
         .unwrap()
         .flatten()
@@ -163,7 +163,7 @@ async fn prepare_write_wipe_verify_and_the_canary_is_gone() {
     let verify_took = t.elapsed();
     assert!(mount_source(&path).is_none());
     assert!(mount_source(&s.volume_point("v1")).is_none());
-    assert!(s.engine_root("v1").is_none());
+    assert!(s.layer_root("v1").is_none());
     assert!(!path.exists(), "the mount point is removed");
     assert!(
         rig.disk.kernel_partitions().is_empty(),

@@ -1,10 +1,10 @@
-//! A volume the renter locked (they hold its key, and the device rebooted): the engine cannot run
-//! the renter's container, whose layers are on the volume. A stand-in container from the engine's
-//! fallback root gives the renter their login, with the locked (empty, read-only) storage, to run
-//! `p2pvps-storage unlock`; check-ins go on meanwhile.
+//! A volume the renter locked (they hold its key, and the device rebooted): the renter's container
+//! cannot start, its writable layer is on the volume. A stand-in container, whose layer stays on
+//! the engine's own root, gives the renter their login, with the locked (empty, read-only)
+//! storage, to run `p2pvps-storage unlock`; check-ins go on meanwhile.
 //!
 //! The stand-in's own filesystem is on the state partition, which the device needs (its state,
-//! its SSH host keys, Docker's data between rentals), and Docker's overlay2 bounds a
+//! its SSH host keys, Docker's data root), and Docker's overlay2 bounds a
 //! container's writes only on XFS. So the governor watches that partition while the stand-in runs:
 //! the stand-in may use half of what was free when it started, and past that it is replaced by a
 //! fresh one (killed at once; what was written in it goes, the renter logs in again). Nothing of
@@ -70,7 +70,7 @@ where
                 self.store.save(state)?;
                 continue;
             }
-            if self.storage.engine_root(&volume).is_some() {
+            if self.storage.layer_root(&volume).is_some() {
                 info!(%volume, "the renter unlocked the storage; their container replaces the stand-in");
                 break true;
             }
@@ -113,17 +113,23 @@ where
     /// A stand-in container (any old one removed), with the renter's login and the tunnel to it.
     async fn start_stand_in(&self, state: &State, placeholder: &Path) -> String {
         let s = &self.settings;
-        self.remove_containers(None, "an old stand-in").await;
+        self.remove_containers(state.container.as_deref(), "an old stand-in")
+            .await;
         self.retry("renter image", || {
             self.runtime.ensure_image(&s.image, s.image_tar.as_deref())
         })
         .await;
-        let spec = self.container_spec(placeholder.to_owned());
+        let name = format!("{}-standin", s.container_name);
+        let spec = self.container_spec(&name, placeholder.to_owned(), None);
         let id = self
             .retry("create the stand-in container", || {
                 self.runtime.create(&spec)
             })
             .await;
+        self.retry("start the stand-in container", || {
+            self.runtime.start(&id, None)
+        })
+        .await;
         self.add_login(&id, lease(state)).await;
         self.publish_tunnel(state, &id).await;
         id
@@ -131,6 +137,6 @@ where
 
     /// Free bytes where the stand-in's writes go, if the engine says.
     fn fallback_free(&self) -> Option<u64> {
-        self.engine.as_ref().and_then(|e| e.fallback_free())
+        self.runtime.root_free()
     }
 }

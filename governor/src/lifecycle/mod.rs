@@ -7,10 +7,11 @@
 //! container, an expired one is ended. Failures of the server, the engine or the storage are retried
 //! with backoff for ever; only a state file that cannot be written stops the governor.
 //!
-//! With an engine whose data root follows the volume (`engine.rs`, on the image), the engine moves
-//! onto the rental's volume before its container is made or started, and off it before a volume is
-//! prepared or wiped. A volume locked by the renter's key (after a reboot) holds the container's
-//! layers too: a stand-in container from the fallback root serves the login until the unlock.
+//! Everything a rental needs is made before the device registers (it is on the market from then
+//! on): the volume, the network rules, and the renter's container, running with its writable layer
+//! on the volume (`runtime/layer.rs`) and no login. Registration then only adds the login and the
+//! tunnel. A volume locked by the renter's key (after a reboot) holds the container's layer too: a
+//! stand-in container on the engine's own root serves the login until the unlock.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -23,7 +24,6 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::clock::Clock;
-use crate::engine::Engine;
 use crate::marketplace::{MarketplaceApi, Specs};
 use crate::runtime::{ContainerRuntime, ContainerSpec, Limits};
 use crate::sandbox::{self, Firewall, Policy, Rules};
@@ -117,12 +117,13 @@ pub struct Lifecycle<M, R, S, C> {
     settings: Settings,
     hub: Hub,
     phase_tx: watch::Sender<Phase>,
-    /// The container engine whose data root follows the rental's volume; None: left where it is.
-    engine: Option<Arc<dyn Engine>>,
     /// The renter's network rules; None: no network of the renter's own is made (tests of the
     /// lifecycle alone).
     firewall: Option<Arc<dyn Firewall>>,
 }
+
+/// The rental ended while the lifecycle waited.
+struct Expired;
 
 /// What a heartbeat found.
 struct Beat {
@@ -154,7 +155,6 @@ where
             settings,
             hub: Hub::default(),
             phase_tx: watch::Sender::new(Phase::PreparingStorage),
-            engine: None,
             firewall: None,
         }
     }
@@ -163,13 +163,6 @@ where
     #[must_use]
     pub fn with_firewall(mut self, firewall: Arc<dyn Firewall>) -> Self {
         self.firewall = Some(firewall);
-        self
-    }
-
-    /// Keep the container engine's data root on the rental's volume (`engine.rs`).
-    #[must_use]
-    pub fn with_engine(mut self, engine: Arc<dyn Engine>) -> Self {
-        self.engine = Some(engine);
         self
     }
 
@@ -331,16 +324,37 @@ where
         Ok(())
     }
 
+    /// Everything the next rental needs, before the device is offered: a fresh volume, the
+    /// renter's network rules and their container, running with its layer on the volume and no
+    /// login yet.
     async fn prepare_storage(&self, state: &mut State) -> Result<(), LifecycleError> {
         info!(volume = %state.volume, storage = %self.storage.describe(), "preparing storage");
-        let volume = state.volume.clone();
-        self.detach_engine().await;
-        self.retry("prepare storage", || self.storage.prepare(&volume))
+        // A container from an interrupted preparation holds the volume's layer: it goes first.
+        self.remove_containers(None, "made before an interruption")
             .await;
+        state.container = None;
+        let volume = state.volume.clone();
+        let s = &self.settings;
+        // The renter image (imported once, on the first start) while the volume is made.
+        let (storage, ()) = tokio::join!(
+            self.retry("prepare storage", || self.storage.prepare(&volume)),
+            self.retry("renter image", || {
+                self.runtime.ensure_image(&s.image, s.image_tar.as_deref())
+            }),
+        );
+        let layer = self.storage.layer_root(&volume);
+        let id = self.make_container(state, storage, layer).await?;
+        state.ready_since = Some(self.clock.now());
+        info!(container = %id, "ready for a renter");
         self.enter(state, Phase::Registering)
     }
 
     async fn register(&self, state: &mut State) -> Result<(), LifecycleError> {
+        // After a restart the volume may be closed and the container stopped (a reboot) or gone:
+        // all in place again before the device is offered.
+        if !self.ready_again(state).await? {
+            return self.enter(state, Phase::PreparingStorage);
+        }
         info!(device = %self.settings.device, "registering with the marketplace");
         let lease = self
             .retry("register", || async {
@@ -366,6 +380,35 @@ where
         self.enter(state, Phase::Provisioning)
     }
 
+    /// Open the prepared volume and have the container running on it; false when the volume is
+    /// gone (it is prepared afresh).
+    async fn ready_again(&self, state: &mut State) -> Result<bool, LifecycleError> {
+        let volume = state.volume.clone();
+        let storage = match self.storage.open(&volume).await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "the prepared storage is missing; preparing it afresh");
+                return Ok(false);
+            }
+        };
+        let layer = self.storage.layer_root(&volume);
+        if self.storage.keeps_layers() && layer.is_none() {
+            return Ok(false);
+        }
+        if self
+            .running_container(state, layer.as_deref())
+            .await?
+            .is_none()
+        {
+            self.remove_containers(None, "replaced by a fresh one")
+                .await;
+            self.make_container(state, storage, layer).await?;
+        }
+        Ok(true)
+    }
+
+    /// Give the registered renter their login in the container made for them (made now if it is
+    /// gone), and the tunnel.
     async fn provision(&self, state: &mut State) -> Result<(), LifecycleError> {
         let s = &self.settings;
         let volume = state.volume.clone();
@@ -373,44 +416,128 @@ where
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "the rental's storage is missing; preparing it afresh");
-                self.detach_engine().await;
+                self.remove_containers(None, "its volume is gone").await;
+                state.container = None;
                 self.retry("prepare storage", || self.storage.prepare(&volume))
                     .await
             }
         };
-        // The engine first: an old container lives in the data root on the volume.
-        if !self.engine_on_volume(state, &storage).await? {
+        let Ok(layer) = self.layer(state, &storage).await? else {
+            info!("the rental expired while its storage was locked");
             return self.enter(state, Phase::Expired);
-        }
-        // A container from an interrupted provisioning may hold a half-made login, and would take
-        // the new one's name.
-        self.remove_containers(None, "replaced by a fresh one")
+        };
+        let id = if let Some(id) = self.running_container(state, layer.as_deref()).await? {
+            id
+        } else {
+            self.remove_containers(None, "replaced by a fresh one")
+                .await;
+            self.make_container(state, storage, layer).await?
+        };
+        if !self.add_login(&id, lease(state)).await {
+            // Start over from a fresh container after a pause.
+            self.retry("remove container", || {
+                self.runtime.remove(&id, s.stop_grace)
+            })
             .await;
-        state.container = None;
-        self.store.save(state)?;
+            state.container = None;
+            self.store.save(state)?;
+            self.clock.sleep(s.retry_base * 5).await;
+            return Ok(());
+        }
+        self.publish_tunnel(state, &id).await;
+        self.enter(state, Phase::Serving)
+    }
+
+    /// Make the renter's container on the open volume (at `storage`, its layer in `layer`) and
+    /// start it; its id is saved before it starts.
+    async fn make_container(
+        &self,
+        state: &mut State,
+        storage: PathBuf,
+        layer: Option<PathBuf>,
+    ) -> Result<String, LifecycleError> {
+        let s = &self.settings;
         self.retry("renter image", || {
             self.runtime.ensure_image(&s.image, s.image_tar.as_deref())
         })
         .await;
         self.enforce_sandbox(state).await?;
-        let spec = self.container_spec(storage);
+        let spec = self.container_spec(&s.container_name, storage, layer.clone());
         let id = self
             .retry("create container", || self.runtime.create(&spec))
             .await;
         state.container = Some(id.clone());
         self.store.save(state)?;
-        if !self.add_login(&id, lease(state)).await {
-            // Start over from a fresh container after a pause; the saved id is removed first.
-            self.clock.sleep(s.retry_base * 5).await;
-            return Ok(());
-        }
-        self.enter(state, Phase::Serving)
+        self.retry("start container", || {
+            self.runtime.start(&id, layer.as_deref())
+        })
+        .await;
+        Ok(id)
     }
 
-    fn container_spec(&self, storage: PathBuf) -> ContainerSpec {
+    /// The saved renter container, running (started again, with its layer, when stopped); None
+    /// when there is none.
+    async fn running_container(
+        &self,
+        state: &mut State,
+        layer: Option<&Path>,
+    ) -> Result<Option<String>, LifecycleError> {
+        let Some(id) = state.container.clone() else {
+            return Ok(None);
+        };
+        let running = self
+            .retry("inspect container", || self.runtime.state(&id))
+            .await;
+        match running {
+            None => {
+                warn!(container = %id, "the renter container is gone");
+                state.container = None;
+                self.store.save(state)?;
+                Ok(None)
+            }
+            Some(true) => Ok(Some(id)),
+            Some(false) => {
+                // After a reboot the rules are gone from the kernel: back before the container.
+                self.enforce_sandbox(state).await?;
+                self.retry("start container", || self.runtime.start(&id, layer))
+                    .await;
+                info!(container = %id, "renter container started again");
+                Ok(Some(id))
+            }
+        }
+    }
+
+    /// Where the renter container's layer goes on the open volume (None: the storage keeps none).
+    /// While the renter's key keeps the volume locked, a stand-in serves until the unlock;
+    /// `Err(Expired)` when the rental ends first.
+    async fn layer(
+        &self,
+        state: &mut State,
+        storage: &Path,
+    ) -> Result<Result<Option<PathBuf>, Expired>, LifecycleError> {
+        if !self.storage.keeps_layers() {
+            return Ok(Ok(None));
+        }
+        let volume = state.volume.clone();
+        loop {
+            if let Some(dir) = self.storage.layer_root(&volume) {
+                return Ok(Ok(Some(dir)));
+            }
+            if !self.serve_locked(state, storage).await? {
+                return Ok(Err(Expired));
+            }
+        }
+    }
+
+    fn container_spec(
+        &self,
+        name: &str,
+        storage: PathBuf,
+        layer: Option<PathBuf>,
+    ) -> ContainerSpec {
         let s = &self.settings;
         ContainerSpec {
-            name: s.container_name.clone(),
+            name: name.to_owned(),
             image: s.image.clone(),
             cmd: s.cmd.clone(),
             device: s.device.to_string(),
@@ -420,6 +547,7 @@ where
             network: s.network.clone(),
             dns: sandbox::host_resolvers(),
             limits: s.limits,
+            layer,
         }
     }
 
@@ -476,60 +604,6 @@ where
         }
     }
 
-    /// With a managed engine, put its data root on volume `volume`. False when the volume is locked
-    /// (the engine is then kept off it).
-    async fn attach_engine(&self, volume: &str) -> bool {
-        let Some(engine) = &self.engine else {
-            return true;
-        };
-        let Some(root) = self.storage.engine_root(volume) else {
-            self.detach_engine().await;
-            return false;
-        };
-        if self
-            .retry("move the container engine onto the volume", || {
-                engine.attach(&root)
-            })
-            .await
-        {
-            info!(%volume, root = %root.display(), "container engine data root on the renter's volume");
-        }
-        true
-    }
-
-    /// With a managed engine, put its data root on the rental's volume, opened at `storage`; while
-    /// the volume is locked, serve a stand-in until the unlock. False when the rental expired
-    /// meanwhile.
-    async fn engine_on_volume(
-        &self,
-        state: &mut State,
-        storage: &Path,
-    ) -> Result<bool, LifecycleError> {
-        let volume = state.volume.clone();
-        if self.attach_engine(&volume).await {
-            return Ok(true);
-        }
-        if !self.serve_locked(state, storage).await? {
-            info!("the rental expired while its storage was locked");
-            return Ok(false);
-        }
-        self.attach_engine(&volume).await;
-        Ok(true)
-    }
-
-    /// With a managed engine, put its data root back on the fallback, off every volume.
-    async fn detach_engine(&self) {
-        let Some(engine) = &self.engine else { return };
-        if self
-            .retry("move the container engine off the volume", || {
-                engine.detach()
-            })
-            .await
-        {
-            info!("container engine data root back on the state partition");
-        }
-    }
-
     async fn serve(&self, state: &mut State) -> Result<(), LifecycleError> {
         let hb = self.settings.heartbeat;
         let mut backoff = Backoff::new(
@@ -550,21 +624,24 @@ where
                 return self.enter(state, Phase::Expired);
             }
         };
-        if !self.engine_on_volume(state, &storage).await? {
+        let Ok(layer) = self.layer(state, &storage).await? else {
+            info!("the rental expired while its storage was locked");
             return self.enter(state, Phase::Expired);
-        }
-        if state.container.is_none() {
+        };
+        let Some(id) = self.running_container(state, layer.as_deref()).await? else {
             return self.enter(state, Phase::Provisioning);
-        }
-        // After a reboot the rules are gone from the kernel: back before the container starts.
-        self.enforce_sandbox(state).await?;
+        };
+        self.publish_tunnel(state, &id).await;
         let expiration = lease(state).expiration;
         info!(%expiration, "serving");
         loop {
             let expiration = lease(state).expiration;
             let beat = tokio::select! {
                 () = self.clock.sleep_until(expiration) => None,
-                b = async { self.clock.sleep(delay).await; self.heartbeat(state).await } => Some(b),
+                b = async {
+                    self.clock.sleep(delay).await;
+                    self.heartbeat(state, layer.as_deref()).await
+                } => Some(b),
             };
             let Some(beat) = beat else { break };
             if let Some(id) = state.container.clone() {
@@ -618,8 +695,8 @@ where
         }
     }
 
-    /// Check in, read the expiration, and make sure the container still runs.
-    async fn heartbeat(&self, state: &State) -> Beat {
+    /// Check in, read the expiration, and make sure the container still runs (with its `layer`).
+    async fn heartbeat(&self, state: &State, layer: Option<&Path>) -> Beat {
         let expiration = self.check_in().await;
         let mut container_lost = false;
         if let Some(id) = &state.container {
@@ -629,7 +706,7 @@ where
                     warn!(container = %id, "renter container stopped; starting it again");
                     if let Err(e) = self.apply_rules().await {
                         warn!(error = %e, "the renter's network rules are not in place; the container stays stopped");
-                    } else if let Err(e) = self.runtime.start(id).await {
+                    } else if let Err(e) = self.runtime.start(id, layer).await {
                         warn!(error = %e, "cannot restart the renter container");
                     }
                 }
@@ -657,7 +734,6 @@ where
 
     async fn wipe(&self, state: &mut State) -> Result<(), LifecycleError> {
         let volume = state.volume.clone();
-        self.detach_engine().await;
         info!(%volume, "wiping the renter's storage");
         self.retry("wipe storage", || async {
             self.storage.wipe(&volume).await?;
@@ -670,6 +746,7 @@ where
         }
         state.volume = new_volume_id();
         state.last_heartbeat = None;
+        state.ready_since = None;
         self.enter(state, Phase::PreparingStorage)
     }
 

@@ -1,7 +1,7 @@
 //! The Docker engine through bollard, over its Unix socket (`DOCKER_HOST` or the default).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -15,12 +15,15 @@ use bollard::query_parameters::{
 use futures_util::StreamExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use super::layer::{self, LayerDirs};
 use super::{
     AUDIT_WRITE, ContainerRuntime, ContainerSpec, DEVICE_LABEL, DROPPED_CAPABILITIES, RuntimeError,
     STORAGE_MOUNT, bridge_name,
 };
 use crate::types::{PasswordHash, Username};
 
+/// The renter container's host name.
+const HOSTNAME: &str = "p2pvps";
 /// Kept from an exec's output for the error message.
 const STDERR_KEEP: usize = 2048;
 
@@ -29,6 +32,8 @@ pub struct DockerRuntime {
     docker: Docker,
     /// The host uid and gid of the containers' root when the engine remaps it (`userns-remap`).
     remapped_root: Option<(u32, u32)>,
+    /// The engine's data root (`docker info`), on the host.
+    root_dir: PathBuf,
 }
 
 impl DockerRuntime {
@@ -44,14 +49,58 @@ impl DockerRuntime {
             .info()
             .await
             .map_err(|e| RuntimeError::Connect(e.to_string()))?;
-        let remapped_root = remapped_root(
-            &info.security_options.unwrap_or_default(),
-            info.docker_root_dir.as_deref().unwrap_or_default(),
-        )?;
+        let root_dir = info.docker_root_dir.unwrap_or_default();
+        let remapped_root = remapped_root(&info.security_options.unwrap_or_default(), &root_dir)?;
         Ok(Self {
             docker,
             remapped_root,
+            root_dir: root_dir.into(),
         })
+    }
+
+    /// The engine's data root on the host (under a remap, the remapped root's part of it). Mounts
+    /// of the volume below it are the governor's: the renter container's layer (`layer.rs`).
+    pub fn root_dir(&self) -> &Path {
+        &self.root_dir
+    }
+
+    /// The container's writable layer under the data root, as `docker inspect` names it.
+    async fn layer_dirs(&self, id: &str) -> Result<LayerDirs, RuntimeError> {
+        let info = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(container_err(id, "inspect"))?;
+        let driver = info.graph_driver.unwrap_or_default();
+        let dir = |key: &str| {
+            driver
+                .data
+                .get(key)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        };
+        match (dir("UpperDir"), dir("WorkDir")) {
+            (Some(upper), Some(work)) => {
+                LayerDirs::of(&upper, &work).ok_or_else(|| RuntimeError::Container {
+                    container: id.to_owned(),
+                    action: "find its writable layer",
+                    reason: format!(
+                        "its UpperDir {} and WorkDir {} are not in one directory",
+                        upper.display(),
+                        work.display()
+                    ),
+                })
+            }
+            _ => Err(RuntimeError::Container {
+                container: id.to_owned(),
+                action: "find its writable layer",
+                reason: format!(
+                    "the engine's storage driver {:?} names no UpperDir and WorkDir: the renter's \
+                     writes could not go to the volume (use overlay2)",
+                    driver.name
+                ),
+            }),
+        }
     }
 
     /// The host uid and gid that the containers' root is, when the engine runs them in a user
@@ -361,10 +410,6 @@ impl ContainerRuntime for DockerRuntime {
             // sshd accepts: the capability serves nothing there.
             cap_drop.push(AUDIT_WRITE.to_owned());
         }
-        let log_opts = HashMap::from([
-            ("max-size".to_owned(), "10m".to_owned()),
-            ("max-file".to_owned(), "2".to_owned()),
-        ]);
         // A slave of the host's mount: a volume the renter unlocks later still reaches the container.
         let propagation = if spec.storage_propagation {
             ":rslave"
@@ -382,10 +427,19 @@ impl ContainerRuntime for DockerRuntime {
                 crate::socket::CONTAINER_DIR
             ));
         }
+        if let Some(dir) = &spec.layer {
+            binds.extend(layer::prepare_etc(
+                dir,
+                HOSTNAME,
+                &spec.dns,
+                self.remapped_root,
+                &spec.name,
+            )?);
+        }
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: Some(spec.cmd.clone()),
-            hostname: Some("p2pvps".into()),
+            hostname: Some(HOSTNAME.into()),
             labels: Some(HashMap::from([(
                 DEVICE_LABEL.to_owned(),
                 spec.device.clone(),
@@ -404,9 +458,11 @@ impl ContainerRuntime for DockerRuntime {
                 network_mode: Some(spec.network.clone()),
                 dns: (!spec.dns.is_empty())
                     .then(|| spec.dns.iter().map(ToString::to_string).collect()),
+                // The engine's log is under its data root, on the state partition, and the renter
+                // can write to the container's output: none is kept.
                 log_config: Some(HostConfigLogConfig {
-                    typ: Some("json-file".into()),
-                    config: Some(log_opts),
+                    typ: Some("none".into()),
+                    config: None,
                 }),
                 ..Default::default()
             }),
@@ -421,10 +477,6 @@ impl ContainerRuntime for DockerRuntime {
             .create_container(Some(options), body)
             .await
             .map_err(container_err(&spec.name, "create"))?;
-        self.docker
-            .start_container(&created.id, None)
-            .await
-            .map_err(container_err(&spec.name, "start"))?;
         Ok(created.id)
     }
 
@@ -435,21 +487,30 @@ impl ContainerRuntime for DockerRuntime {
         hash: &PasswordHash,
     ) -> Result<(), RuntimeError> {
         let name = user.as_str();
-        self.exec(
-            id,
-            &[
-                "useradd",
-                "--create-home",
-                "--shell",
-                "/bin/bash",
-                "--groups",
-                "sudo",
-                "--",
-                name,
-            ],
-            None,
-        )
-        .await?;
+        match self
+            .exec(
+                id,
+                &[
+                    "useradd",
+                    "--create-home",
+                    "--shell",
+                    "/bin/bash",
+                    "--groups",
+                    "sudo",
+                    "--",
+                    name,
+                ],
+                None,
+            )
+            .await
+        {
+            // 9: the name is taken: a login made before an interruption (the container's layer on
+            // the volume keeps it); its password is set again below.
+            Err(RuntimeError::Exec { code: 9, .. }) => {
+                tracing::info!(container = id, "the renter's login exists already");
+            }
+            other => other?,
+        }
         let line = format!("{name}:{}\n", hash.as_str());
         self.exec(id, &["chpasswd", "--encrypted"], Some(line.as_bytes()))
             .await?;
@@ -502,7 +563,26 @@ impl ContainerRuntime for DockerRuntime {
         .transpose()
     }
 
-    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+    async fn start(&self, id: &str, layer: Option<&Path>) -> Result<(), RuntimeError> {
+        if let Some(dir) = layer {
+            let dirs = self.layer_dirs(id).await?;
+            let (owned, name) = (dir.to_owned(), id.to_owned());
+            tokio::task::spawn_blocking(move || {
+                layer::bind(&dirs, &owned, &name)?;
+                if layer::is_bound(&dirs, &owned) {
+                    Ok(())
+                } else {
+                    Err(RuntimeError::Container {
+                        container: name,
+                        action: "start",
+                        reason: format!("its writable layer is not {}", owned.display()),
+                    })
+                }
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+            tracing::info!(container = id, layer = %dir.display(), "the container's writable layer is on the renter's volume");
+        }
         self.docker
             .start_container(id, None)
             .await
@@ -523,6 +603,15 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) if not_found(&e) => return Ok(()),
             Err(e) => return Err(container_err(id, "stop")(e)),
         }
+        // The volume's directories come off first: the engine would delete the renter's files
+        // through them (the wipe takes them at once), and the volume must be free to unmount.
+        let dirs = self.layer_dirs(id).await;
+        if let Ok(dirs) = dirs {
+            let name = id.to_owned();
+            tokio::task::spawn_blocking(move || layer::unbind(&dirs, &name))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        }
         let rm = RemoveContainerOptions {
             force: true,
             v: true,
@@ -532,6 +621,10 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) if !not_found(&e) => Err(container_err(id, "remove")(e)),
             _ => Ok(()),
         }
+    }
+
+    fn root_free(&self) -> Option<u64> {
+        crate::host::free_space(&self.root_dir)
     }
 
     async fn list(&self, device: &str) -> Result<Vec<String>, RuntimeError> {

@@ -18,6 +18,10 @@ pub struct FakeContainer {
     pub storage: PathBuf,
     pub running: bool,
     pub login: Option<(String, String)>,
+    /// What the spec asked its writable layer to be.
+    pub layer: Option<PathBuf>,
+    /// Its writable layer when it last started (None: the engine's own root).
+    pub started_on: Option<PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +36,8 @@ struct Inner {
     images: Vec<String>,
     /// The next this-many calls fail as if the engine were down.
     failures: u32,
+    /// What [`ContainerRuntime::root_free`] says.
+    root_free: Option<u64>,
     /// Every call, in order, e.g. "create c1", "remove c1".
     log: Vec<String>,
 }
@@ -72,6 +78,11 @@ impl FakeRuntime {
     /// Make a container disappear (the engine lost it).
     pub fn lose(&self, id: &str) {
         self.inner.lock().unwrap().containers.remove(id);
+    }
+
+    /// Say the engine's data root has `bytes` free from now on.
+    pub fn set_root_free(&self, bytes: u64) {
+        self.inner.lock().unwrap().root_free = Some(bytes);
     }
 
     pub fn stop_behind_our_back(&self, id: &str) {
@@ -149,8 +160,10 @@ impl ContainerRuntime for FakeRuntime {
                 device: spec.device.clone(),
                 image: spec.image.clone(),
                 storage: spec.storage.clone(),
-                running: true,
+                running: false,
                 login: None,
+                layer: spec.layer.clone(),
+                started_on: None,
             },
         );
         Ok(id)
@@ -189,13 +202,24 @@ impl ContainerRuntime for FakeRuntime {
             .map(|_| std::net::Ipv4Addr::LOCALHOST.into()))
     }
 
-    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+    async fn start(&self, id: &str, layer: Option<&Path>) -> Result<(), RuntimeError> {
         let mut inner = self.call(format!("start {id}"))?;
         let c = inner
             .containers
             .get_mut(id)
             .ok_or_else(|| gone(id, "start"))?;
+        // As the real runtime: the layer must be there (the volume open) to be bound.
+        if let Some(dir) = layer
+            && !dir.is_dir()
+        {
+            return Err(RuntimeError::Container {
+                container: id.to_owned(),
+                action: "bind its writable layer from the volume",
+                reason: format!("{}: not a directory", dir.display()),
+            });
+        }
         c.running = true;
+        c.started_on = layer.map(Path::to_owned);
         Ok(())
     }
 
@@ -203,6 +227,10 @@ impl ContainerRuntime for FakeRuntime {
         let mut inner = self.call(format!("remove {id}"))?;
         inner.containers.remove(id);
         Ok(())
+    }
+
+    fn root_free(&self) -> Option<u64> {
+        self.inner.lock().unwrap().root_free
     }
 
     async fn list(&self, device: &str) -> Result<Vec<String>, RuntimeError> {

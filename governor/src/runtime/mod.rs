@@ -9,6 +9,7 @@ use crate::types::{PasswordHash, Username};
 
 pub mod docker;
 pub mod fake;
+pub mod layer;
 
 pub use docker::DockerRuntime;
 pub use fake::FakeRuntime;
@@ -104,6 +105,10 @@ pub struct ContainerSpec {
     /// host's resolv.conf names only a local stub (systemd-resolved's).
     pub dns: Vec<IpAddr>,
     pub limits: Limits,
+    /// The directory on the rental's volume that holds the container's writable layer and the
+    /// files the engine would write for it (`layer.rs`); None: under the engine's data root (the
+    /// stand-in of a locked volume, a storage without a volume of its own).
+    pub layer: Option<PathBuf>,
 }
 
 pub trait ContainerRuntime: Send + Sync {
@@ -121,7 +126,7 @@ pub trait ContainerRuntime: Send + Sync {
         tar: Option<&Path>,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
-    /// Create and start a container; returns its id.
+    /// Create a container (not started); returns its id.
     fn create(
         &self,
         spec: &ContainerSpec,
@@ -147,9 +152,16 @@ pub trait ContainerRuntime: Send + Sync {
         network: &str,
     ) -> impl Future<Output = Result<Option<IpAddr>, RuntimeError>> + Send;
 
-    fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Start a container. With `layer` (its [`ContainerSpec::layer`]), its writable layer is bound
+    /// from there first, and it does not start unless that holds.
+    fn start(
+        &self,
+        id: &str,
+        layer: Option<&Path>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
-    /// Stop (SIGTERM, then SIGKILL after `grace`) and remove. A container already gone is fine.
+    /// Stop (SIGTERM, then SIGKILL after `grace`), take its layer off the volume, and remove. A
+    /// container already gone is fine.
     fn remove(
         &self,
         id: &str,
@@ -158,6 +170,12 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// Ids of all containers (running or not) labelled with this device.
     fn list(&self, device: &str) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;
+
+    /// Bytes free where the engine keeps what a container without a layer of the volume writes
+    /// (its data root, on the state partition). None: not known.
+    fn root_free(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Shared ownership (a test keeps a handle on the fake the lifecycle uses).
@@ -199,8 +217,12 @@ impl<T: ContainerRuntime> ContainerRuntime for std::sync::Arc<T> {
     ) -> impl Future<Output = Result<Option<IpAddr>, RuntimeError>> + Send {
         (**self).address(id, network)
     }
-    fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send {
-        (**self).start(id)
+    fn start(
+        &self,
+        id: &str,
+        layer: Option<&Path>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        (**self).start(id, layer)
     }
     fn remove(
         &self,
@@ -211,6 +233,9 @@ impl<T: ContainerRuntime> ContainerRuntime for std::sync::Arc<T> {
     }
     fn list(&self, device: &str) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send {
         (**self).list(device)
+    }
+    fn root_free(&self) -> Option<u64> {
+        (**self).root_free()
     }
 }
 

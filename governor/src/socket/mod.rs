@@ -136,8 +136,8 @@ pub struct Hub {
     /// The storage's key control, where the storage has keys; one request at a time.
     keys: Option<Arc<dyn VolumeKeys>>,
     key_lock: Arc<tokio::sync::Mutex<()>>,
-    /// The engine's data root is on the volume: an unlock brings the renter's own container back.
-    engine_on_volume: bool,
+    /// The renter container's layer is on the volume: an unlock brings their own container back.
+    layer_on_volume: bool,
     /// The renter's request rate, over all connections.
     rate: Arc<RateLimit>,
     /// The wait after wrong passphrases.
@@ -161,7 +161,7 @@ impl Default for Hub {
             sessions: Arc::new(watch::Sender::new(0)),
             keys: None,
             key_lock: Arc::default(),
-            engine_on_volume: false,
+            layer_on_volume: false,
             rate: Arc::default(),
             passphrases: Arc::default(),
         }
@@ -195,10 +195,10 @@ impl Hub {
         self
     }
 
-    /// The container engine's data root follows the volume (`engine.rs`).
+    /// The renter container's layer is on the volume (`runtime/layer.rs`).
     #[must_use]
-    pub fn with_engine_on_volume(mut self) -> Self {
-        self.engine_on_volume = true;
+    pub fn with_layer_on_volume(mut self) -> Self {
+        self.layer_on_volume = true;
         self
     }
 
@@ -300,7 +300,7 @@ impl Hub {
             )});
         }
         let op = op.to_owned();
-        let restarts = self.engine_on_volume;
+        let restarts = self.layer_on_volume;
         let _one_at_a_time = self.key_lock.lock().await;
         let answer = tokio::task::spawn_blocking(move || match (op.as_str(), passphrase) {
             ("storage-status", _) => keys
@@ -784,7 +784,7 @@ mod tests {
             (
                 Hub::new(tmp.path())
                     .with_keys(keys.clone())
-                    .with_engine_on_volume(),
+                    .with_layer_on_volume(),
                 true,
             ),
         ] {

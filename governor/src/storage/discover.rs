@@ -29,7 +29,8 @@ pub struct HostPaths {
     /// The mount table (`/proc/self/mountinfo`).
     pub mountinfo: PathBuf,
     /// The governor's own mount points outside the state dir: the container engine's data root,
-    /// bound from a volume (`engine.rs`). A drive mounted there is not someone else's.
+    /// where the renter container's layer is bound from the volume (`runtime/layer.rs`). A drive
+    /// mounted there is not someone else's.
     pub own_mounts: Vec<PathBuf>,
 }
 
@@ -369,7 +370,7 @@ impl Scan {
                 }
             }
         }
-        // The governor's own mounts: the renter's views and the volumes (usb.rs), the engine's root.
+        // The governor's own mounts: the renter's views and the volumes (usb.rs), the renter container's layer.
         let mut ours = vec![state_dir.join("mnt"), state_dir.join("vol")];
         ours.extend(paths.own_mounts.iter().cloned());
         let mut foreign: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -854,7 +855,7 @@ mod tests {
     }
 
     #[test]
-    fn the_engine_data_root_on_the_volume_is_the_governors_own() {
+    fn the_renter_layer_bound_from_the_volume_is_the_governors_own() {
         let mut h = FakeHost::pi();
         h.usb_disk("sda", (8, 0), 58);
         h.partition(&usb(0), "sda", 1, (253, 0));
@@ -864,9 +865,10 @@ mod tests {
             "ext4",
             "/dev/mapper/p2pvps-v1",
         );
-        h.mount((253, 0), "/var/lib/docker", "ext4", "/dev/mapper/p2pvps-v1");
+        let upper = "/var/lib/docker/100000.100000/overlay2/0f3a/diff";
+        h.mount((253, 0), upper, "ext4", "/dev/mapper/p2pvps-v1");
         let e = auto(&h).unwrap_err().to_string();
-        assert!(e.contains("mounted at /var/lib/docker"), "{e}");
+        assert!(e.contains(&format!("mounted at {upper}")), "{e}");
         let mut paths = h.paths();
         paths.own_mounts.push("/var/lib/docker".into());
         assert_eq!(find_usb(&paths, Path::new(STATE)).unwrap().name, "sda");

@@ -89,9 +89,15 @@ pub trait Storage: Send + Sync {
         false
     }
 
-    /// Where the container engine's data root goes on volume `id` while it is open (`engine.rs`);
-    /// None for a storage without one, or a volume still locked.
-    fn engine_root(&self, _id: &str) -> Option<PathBuf> {
+    /// Whether the renter container's writable layer lives on the volume ([`Storage::layer_root`]):
+    /// such a container never starts while the volume is locked.
+    fn keeps_layers(&self) -> bool {
+        false
+    }
+
+    /// Where the renter container's writable layer goes on volume `id` while it is open
+    /// (`runtime/layer.rs`); None for a storage without one, or a volume still locked.
+    fn layer_root(&self, _id: &str) -> Option<PathBuf> {
         None
     }
 }
@@ -122,8 +128,12 @@ impl<T: Storage> Storage for std::sync::Arc<T> {
         (**self).mounts_propagate()
     }
 
-    fn engine_root(&self, id: &str) -> Option<PathBuf> {
-        (**self).engine_root(id)
+    fn keeps_layers(&self) -> bool {
+        (**self).keeps_layers()
+    }
+
+    fn layer_root(&self, id: &str) -> Option<PathBuf> {
+        (**self).layer_root(id)
     }
 }
 

@@ -5,9 +5,9 @@
 //! `p2pvps-storage`. The partition's unique GUID is derived from the volume id (UUID v5): that is how
 //! `open` tells that the drive holds *this* rental's volume and not an older one. ext4 on the partition
 //! (e2fsprogs' mkfs.ext4, label `p2pvps`), mounted at `<state_dir>/vol/<id>`. It holds `renter/`,
-//! bind-mounted at `<state_dir>/mnt/<id>` (the container's `/media/storage`), and `engine/`, the
-//! container engine's data root during the rental (`engine.rs`): the renter, root in the container,
-//! never sees the engine's files, and both go with the wipe.
+//! bind-mounted at `<state_dir>/mnt/<id>` (the container's `/media/storage`), and `layer/`, the
+//! renter container's writable layer (`runtime/layer.rs`): what the renter writes anywhere in the
+//! container lands there, and both go with the wipe.
 //!
 //! Encrypted mode (the default where the kernel has dm-crypt): LUKS2 on the partition (`luks.rs`),
 //! a random device key in `<state_dir>/keys` (`keys.rs`), ext4 on `/dev/mapper/p2pvps-<id>`. The
@@ -93,9 +93,9 @@ const LOCKED_SOURCE: &str = "p2pvps-locked";
 /// The magic of a LUKS primary header, and of a LUKS2 secondary header.
 const LUKS_MAGIC: &[u8] = b"LUKS\xba\xbe";
 const LUKS_MAGIC2: &[u8] = b"SKUL\xba\xbe";
-/// The volume's directories: what the container sees at `/media/storage`, and the engine's data root.
+/// The volume's directories: what the container sees at `/media/storage`, and its writable layer.
 const RENTER_DIR: &str = "renter";
-const ENGINE_DIR: &str = "engine";
+const LAYER_DIR: &str = "layer";
 
 /// The renter's storage on a whole disk (chosen by [`discover`]).
 #[derive(Debug, Clone)]
@@ -732,7 +732,7 @@ impl UsbStorage {
     }
 
     /// Unmount the governor's mounts of this disk (under `<state_dir>/mnt` and `<state_dir>/vol`),
-    /// last-mounted first; refuse if anyone else has it mounted (the container engine, when its
+    /// last-mounted first; refuse if anyone else has it mounted (the renter container's layer, while
     /// data root is still on the volume, among them).
     fn unmount_ours(&self, info: &DiskInfo) -> Result<(), StorageError> {
         let graph = BlockGraph::new(&self.host.sysfs, self.read_mounts()?);
@@ -793,8 +793,8 @@ impl UsbStorage {
         }
         let renter = volume_point.join(RENTER_DIR);
         ensure_dir(&renter, 0o755)?;
-        // Only root on the host goes in: the engine's layers hold every container's files.
-        ensure_dir(&volume_point.join(ENGINE_DIR), 0o710)?;
+        // Only root on the host goes in: the renter reaches the layer only through the container.
+        ensure_dir(&volume_point.join(LAYER_DIR), 0o710)?;
         let mount_point = self.mount_point(id);
         ensure_mount_point(&mount_point)?;
         if self.encrypt {
@@ -814,11 +814,12 @@ impl UsbStorage {
         Ok(mount_point)
     }
 
-    /// The engine's data root on volume `id`, while its filesystem is mounted (not while locked).
-    pub fn engine_root(&self, id: &str) -> Option<PathBuf> {
+    /// The renter container's layer on volume `id`, while its filesystem is mounted (not while
+    /// locked).
+    pub fn layer_root(&self, id: &str) -> Option<PathBuf> {
         let volume_point = self.volume_point(id);
-        let engine = volume_point.join(ENGINE_DIR);
-        (self.mounted_at(&volume_point).ok()?.is_some() && engine.is_dir()).then_some(engine)
+        let layer = volume_point.join(LAYER_DIR);
+        (self.mounted_at(&volume_point).ok()?.is_some() && layer.is_dir()).then_some(layer)
     }
 
     /// A GPT with one partition over the whole disk, marked as volume `id`, and its protective MBR.
@@ -1083,8 +1084,12 @@ impl Storage for UsbStorage {
         UsbStorage::mounts_propagate(self)
     }
 
-    fn engine_root(&self, id: &str) -> Option<PathBuf> {
-        UsbStorage::engine_root(self, id)
+    fn keeps_layers(&self) -> bool {
+        true
+    }
+
+    fn layer_root(&self, id: &str) -> Option<PathBuf> {
+        UsbStorage::layer_root(self, id)
     }
 }
 

@@ -16,10 +16,15 @@ pub fn random_device() -> String {
 
 /// Run `docker ARGS`, returning (success, stdout, stderr).
 pub fn docker(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("docker")
+    run("docker", args)
+}
+
+/// Run `program ARGS`, returning (success, stdout, stderr).
+pub fn run(program: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(program)
         .args(args)
         .output()
-        .expect("the docker CLI runs");
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).trim().to_owned(),
