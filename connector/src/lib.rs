@@ -3,6 +3,7 @@
 
 pub mod governor;
 pub mod logging;
+pub mod login;
 pub mod notices;
 pub mod secret;
 pub mod serve;

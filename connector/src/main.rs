@@ -44,6 +44,8 @@ enum Command {
         #[arg(long, default_value = "/usr/sbin/sshd")]
         sshd: PathBuf,
     },
+    /// Make the renter's login from `USER:HASH` on stdin (the governor runs it in the container).
+    AddLogin,
     /// The renter's storage key (installed as `p2pvps-storage` too).
     Storage(StorageArgs),
     /// When the rental ends (installed as `p2pvps-lease` too).
@@ -119,6 +121,27 @@ async fn storage(args: StorageArgs) -> ExitCode {
     }
 }
 
+/// `add-login`: one line `USER:HASH` on stdin (at most 4 KiB).
+fn add_login() -> ExitCode {
+    use std::io::Read as _;
+    let mut line = String::new();
+    if std::io::stdin()
+        .take(4096)
+        .read_to_string(&mut line)
+        .is_err()
+    {
+        eprintln!("add-login: stdin is not one line of text");
+        return ExitCode::FAILURE;
+    }
+    match p2pvps_connector::login::add_login(&line) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("add-login: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
@@ -129,6 +152,7 @@ async fn main() -> ExitCode {
     }
     logging::init();
     match Cli::parse().command {
+        Command::AddLogin => add_login(),
         Command::Storage(args) => storage(args).await,
         Command::Lease(args) => lease(&args),
         Command::Tunnel {

@@ -96,7 +96,7 @@ impl Settings {
             image: crate::config::DEFAULT_RENTER_IMAGE.into(),
             image_tar: None,
             // The connector starts sshd and keeps the tunnel (image/renter/build installs it).
-            cmd: vec!["/usr/local/bin/p2pvps-connector".into(), "serve".into()],
+            cmd: vec![crate::runtime::CONNECTOR.into(), "serve".into()],
             limits,
             specs,
             tunnel: None,
@@ -433,6 +433,8 @@ where
                 .await;
             self.make_container(state, storage, layer).await?
         };
+        // The tunnel first: its keeper connects while the login is made.
+        self.publish_tunnel(state, &id).await;
         if !self.add_login(&id, lease(state)).await {
             // Start over from a fresh container after a pause.
             self.retry("remove container", || {
@@ -444,7 +446,6 @@ where
             self.clock.sleep(s.retry_base * 5).await;
             return Ok(());
         }
-        self.publish_tunnel(state, &id).await;
         self.enter(state, Phase::Serving)
     }
 

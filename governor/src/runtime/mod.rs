@@ -16,6 +16,8 @@ pub use fake::FakeRuntime;
 
 /// Label carrying the device id on every renter container, to find our own (and orphans).
 pub const DEVICE_LABEL: &str = "io.p2pvps.device";
+/// The connector in the renter image: the container's main process, and what makes the login.
+pub const CONNECTOR: &str = "/usr/local/bin/p2pvps-connector";
 /// Where the renter's storage appears inside the container.
 pub const STORAGE_MOUNT: &str = "/media/storage";
 /// Docker's default capabilities that the renter's container does without (DESIGN.md §9): raw
