@@ -75,28 +75,36 @@ fn login_records() {
     }
 }
 
-/// `ssh-keygen -A` makes whichever host keys are missing: fresh ones per container.
+/// Fresh host keys per container, Ed25519 and ECDSA (what every OpenSSH client of the last decade
+/// uses): an RSA key takes tens of seconds to make on an emulated or a small Pi, and the container is
+/// made while the device waits to be listed. sshd passes over the RSA key it does not find.
 async fn host_keys() -> Result<(), ServeError> {
-    let out = Command::new("ssh-keygen")
-        .arg("-A")
-        .output()
-        .await
-        .map_err(|e| ServeError::Command {
-            command: "ssh-keygen -A".into(),
-            reason: e.to_string(),
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(ServeError::Command {
-            command: "ssh-keygen -A".into(),
-            reason: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        })
+    for kind in ["ed25519", "ecdsa"] {
+        let path = format!("/etc/ssh/ssh_host_{kind}_key");
+        if std::path::Path::new(&path).exists() {
+            continue;
+        }
+        let command = format!("ssh-keygen -q -N '' -t {kind} -f {path}");
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-N", "", "-t", kind, "-f", &path])
+            .output()
+            .await
+            .map_err(|e| ServeError::Command {
+                command: command.clone(),
+                reason: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(ServeError::Command {
+                command,
+                reason: format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
     }
+    Ok(())
 }
 
 /// sshd in the foreground, restarted with backoff if it dies, stopped when `stop` turns true.

@@ -122,6 +122,10 @@ pub struct Lifecycle<M, R, S, C> {
     firewall: Option<Arc<dyn Firewall>>,
 }
 
+/// How long a new container's sshd may take to answer before the device registers anyway (its
+/// host keys are made at its first start: seconds on a Pi, more under emulation).
+const SSHD_WAIT: Duration = Duration::from_mins(2);
+
 /// The rental ended while the lifecycle waited.
 struct Expired;
 
@@ -344,6 +348,7 @@ where
         );
         let layer = self.storage.layer_root(&volume);
         let id = self.make_container(state, storage, layer).await?;
+        self.await_sshd(&id).await;
         state.ready_since = Some(self.clock.now());
         info!(container = %id, "ready for a renter");
         self.enter(state, Phase::Registering)
@@ -405,6 +410,20 @@ where
             self.make_container(state, storage, layer).await?;
         }
         Ok(true)
+    }
+
+    /// Wait (boundedly) for the container's sshd: a renter who buys the device at once must find
+    /// it answering.
+    async fn await_sshd(&self, id: &str) {
+        let network = &self.settings.network;
+        let deadline = self.clock.now() + SSHD_WAIT;
+        while !self.runtime.serves_logins(id, network).await {
+            if self.clock.now() >= deadline {
+                warn!(container = %id, "the renter container's sshd does not answer yet; registering anyway");
+                return;
+            }
+            self.clock.sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Give the registered renter their login in the container made for them (made now if it is

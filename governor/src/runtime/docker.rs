@@ -587,6 +587,17 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    async fn serves_logins(&self, id: &str, network: &str) -> bool {
+        let Ok(Some(ip)) = self.address(id, network).await else {
+            return false;
+        };
+        let connect = tokio::net::TcpStream::connect((ip, 22));
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), connect).await,
+            Ok(Ok(_))
+        )
+    }
+
     fn root_free(&self) -> Option<u64> {
         crate::host::free_space(&self.root_dir)
     }

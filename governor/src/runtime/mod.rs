@@ -173,6 +173,12 @@ pub trait ContainerRuntime: Send + Sync {
     /// Ids of all containers (running or not) labelled with this device.
     fn list(&self, device: &str) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;
 
+    /// Whether the container's sshd accepts connections on its address on `network` (it makes
+    /// its host keys first, seconds under emulation).
+    fn serves_logins(&self, _id: &str, _network: &str) -> impl Future<Output = bool> + Send {
+        async { true }
+    }
+
     /// Bytes free where the engine keeps what a container without a layer of the volume writes
     /// (its data root, on the state partition). None: not known.
     fn root_free(&self) -> Option<u64> {
@@ -235,6 +241,9 @@ impl<T: ContainerRuntime> ContainerRuntime for std::sync::Arc<T> {
     }
     fn list(&self, device: &str) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send {
         (**self).list(device)
+    }
+    fn serves_logins(&self, id: &str, network: &str) -> impl Future<Output = bool> + Send {
+        (**self).serves_logins(id, network)
     }
     fn root_free(&self) -> Option<u64> {
         (**self).root_free()
