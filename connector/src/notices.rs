@@ -18,10 +18,12 @@ use crate::governor;
 
 /// The lease for `p2pvps-lease`, readable by the renter's own user (the socket is root's).
 pub const LEASE_FILE: &str = "/run/p2pvps-lease.json";
-/// How often the lease is asked for while there is none (between rentals, or the governor
-/// restarting): every second, a local call, so the banner and `p2pvps-lease` are there when the
-/// first renter logs in, seconds after the registration.
-const POLL: Duration = Duration::from_secs(1);
+/// How often the lease is asked for again (the marketplace may move the end).
+const POLL: Duration = Duration::from_secs(10);
+/// How often it is asked for while there is none (between rentals, or the governor restarting):
+/// every second, a local call, so the banner and `p2pvps-lease` are there when the first renter
+/// logs in, seconds after the registration.
+const NO_LEASE_POLL: Duration = Duration::from_secs(1);
 
 /// The lease as the governor tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,7 +190,7 @@ pub async fn keep(socket: PathBuf, lease_file: PathBuf) {
     loop {
         let Ok(lease) = lease(&socket).await else {
             // Between rentals, or the governor restarting: try again shortly.
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(NO_LEASE_POLL).await;
             continue;
         };
         if last != Some(lease.expiration) {
