@@ -400,15 +400,7 @@ where
         if self.storage.keeps_layers() && layer.is_none() {
             return Ok(false);
         }
-        if self
-            .running_container(state, layer.as_deref())
-            .await?
-            .is_none()
-        {
-            self.remove_containers(None, "replaced by a fresh one")
-                .await;
-            self.make_container(state, storage, layer).await?;
-        }
+        self.ensure_container(state, storage, layer).await?;
         Ok(true)
     }
 
@@ -445,13 +437,7 @@ where
             info!("the rental expired while its storage was locked");
             return self.enter(state, Phase::Expired);
         };
-        let id = if let Some(id) = self.running_container(state, layer.as_deref()).await? {
-            id
-        } else {
-            self.remove_containers(None, "replaced by a fresh one")
-                .await;
-            self.make_container(state, storage, layer).await?
-        };
+        let id = self.ensure_container(state, storage, layer).await?;
         // The tunnel first: its keeper connects while the login is made.
         self.publish_tunnel(state, &id).await;
         if !self.add_login(&id, lease(state)).await {
@@ -493,6 +479,22 @@ where
         })
         .await;
         Ok(id)
+    }
+
+    /// The saved renter container running (see [`Self::running_container`]), or a fresh one made
+    /// in its place.
+    async fn ensure_container(
+        &self,
+        state: &mut State,
+        storage: PathBuf,
+        layer: Option<PathBuf>,
+    ) -> Result<String, LifecycleError> {
+        if let Some(id) = self.running_container(state, layer.as_deref()).await? {
+            return Ok(id);
+        }
+        self.remove_containers(None, "replaced by a fresh one")
+            .await;
+        self.make_container(state, storage, layer).await
     }
 
     /// The saved renter container, running (started again, with its layer, when stopped); None
