@@ -30,9 +30,11 @@ enum Command {
         /// The settings JSON: a file, or `-` for stdin (secrets never go through the environment).
         #[arg(long)]
         settings: PathBuf,
-        /// Run under the governor: the settings are the first line of stdin (with `--settings -`),
-        /// each state change is one JSON line on stdout, and the end of stdin (the governor gone,
-        /// even killed) stops the tunnel, so no keeper outlives its governor.
+        /// Run under the governor: the settings are the first line of stdin (with `--settings -`);
+        /// without `remotePort` there, the keeper logs in and waits for a later line
+        /// `{"remotePort": N}` (the rental's port); each state change is one JSON line on stdout,
+        /// and the end of stdin (the governor gone, even killed) stops the tunnel, so no keeper
+        /// outlives its governor.
         #[arg(long)]
         supervised: bool,
     },
@@ -121,19 +123,19 @@ async fn storage(args: StorageArgs) -> ExitCode {
     }
 }
 
-/// `add-login`: one line `USER:HASH` on stdin (at most 4 KiB).
+/// `add-login`: `USER:HASH` and the lease, a line each, on stdin (at most 8 KiB).
 fn add_login() -> ExitCode {
     use std::io::Read as _;
-    let mut line = String::new();
+    let mut input = String::new();
     if std::io::stdin()
-        .take(4096)
-        .read_to_string(&mut line)
+        .take(8192)
+        .read_to_string(&mut input)
         .is_err()
     {
-        eprintln!("add-login: stdin is not one line of text");
+        eprintln!("add-login: stdin is not text");
         return ExitCode::FAILURE;
     }
-    match p2pvps_connector::login::add_login(&line) {
+    match p2pvps_connector::login::add_login(&input, Path::new(notices::LEASE_FILE)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("add-login: {e}");
@@ -181,14 +183,22 @@ async fn main() -> ExitCode {
                 Ok(json) => info!(state = %json, "tunnel state changed"),
                 Err(e) => error!(error = %e, "cannot serialise the tunnel state"),
             };
+            let (port_tx, port) = tokio::sync::watch::channel(settings.remote_port);
             if supervised {
                 let parent_gone = async {
-                    // A blocking read on a thread of its own: it ends with the pipe.
-                    let _ = tokio::task::spawn_blocking(|| {
-                        use std::io::Read as _;
-                        let mut buf = [0u8; 64];
-                        let mut stdin = std::io::stdin();
-                        while stdin.read(&mut buf).is_ok_and(|n| n > 0) {}
+                    // A blocking read on a thread of its own: it ends with the pipe. Each line
+                    // after the settings is the rental's port.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        use std::io::BufRead as _;
+                        for line in std::io::stdin().lock().lines() {
+                            let Ok(line) = line else { break };
+                            match TunnelSettings::port_from_json(&line) {
+                                Ok(p) => {
+                                    port_tx.send_replace(Some(p));
+                                }
+                                Err(e) => error!("ignoring a line from the governor: {e}"),
+                            }
+                        }
                     })
                     .await;
                     info!("the governor closed our stdin; stopping");
@@ -199,9 +209,14 @@ async fn main() -> ExitCode {
                         () = parent_gone => {}
                     }
                 };
-                tunnel::run(settings, report, stop).await;
+                tunnel::run(settings, port, report, stop).await;
+            } else if settings.remote_port.is_none() {
+                error!(
+                    "tunnel settings: `remotePort` is required (only under --supervised may it follow on stdin)"
+                );
+                return ExitCode::from(EXIT_CONFIG);
             } else {
-                tunnel::run(settings, report, shutdown::signal()).await;
+                tunnel::run(settings, port, report, shutdown::signal()).await;
             }
             ExitCode::SUCCESS
         }

@@ -48,7 +48,8 @@ impl Lease {
         v
     }
 
-    fn from_wire(v: &Value) -> Option<Self> {
+    /// The lease from its wire form (the governor's answer), checked; `None` when unusable.
+    pub fn from_wire(v: &Value) -> Option<Self> {
         let expiration = DateTime::parse_from_rfc3339(v.get("expiration")?.as_str()?)
             .ok()?
             .with_timezone(&Utc);
@@ -201,7 +202,7 @@ pub async fn keep(socket: PathBuf, lease_file: PathBuf) {
         let now = Utc::now();
         // Rewritten only when the governor's answer changes (a new rental, a moved end).
         if saved.as_ref() != Some(&lease) {
-            match write_atomic(&lease_file, &lease.to_wire().to_string()).await {
+            match save(&lease_file, &lease) {
                 Ok(()) => saved = Some(lease.clone()),
                 Err(e) => warn!(path = %lease_file.display(), error = %e, "cannot save the lease"),
             }
@@ -216,11 +217,12 @@ pub async fn keep(socket: PathBuf, lease_file: PathBuf) {
     }
 }
 
-/// Replace `path` with `text` (0644: for the renter's user to read).
-async fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+/// Save the lease in `path` (0644: for the renter's user to read), replaced whole. A small file
+/// on the container's tmpfs: written directly, even from the async keeper.
+pub fn save(path: &Path, lease: &Lease) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    tokio::fs::write(&tmp, text).await?;
-    tokio::fs::rename(&tmp, path).await
+    std::fs::write(&tmp, lease.to_wire().to_string())?;
+    std::fs::rename(&tmp, path)
 }
 
 /// `wall` (util-linux) to every logged-in terminal; the text goes on stdin, never a shell.

@@ -1,10 +1,13 @@
 //! One SSH session to the endpoint: connect, check the host key, log in, ask for the remote
-//! forward, then carry each forwarded connection to the local sshd until the session ends.
-//! Reconnecting is not this module's business: `tunnel` decides when to open the next session.
+//! forward (at once, or when the rental's port is known), then carry each forwarded connection to
+//! the local sshd until the session ends. Reconnecting is not this module's business: `tunnel`
+//! decides when to open the next session.
 
 use std::io;
 use std::net::SocketAddr;
+use std::num::NonZeroU16;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use russh::client::{self, AuthResult, ChannelOpenHandle, DisconnectReason, Handle, Msg};
@@ -106,17 +109,20 @@ impl HandlerError {
     }
 }
 
-/// A session whose remote forward is in place.
+/// A session, logged in; its remote forward is asked for with [`Session::forward`].
 pub struct Session {
     handle: Handle<Client>,
+    bind_address: String,
+    endpoint: String,
+    /// The forwarded port, shared with the handler (0 until granted: every channel refused).
+    forwarded: Arc<AtomicU16>,
     /// Dropped with the session: every pipe watches it and stops, so no forwarded connection
     /// outlives the SSH session that carried it.
     _pipes_alive: watch::Sender<()>,
 }
 
 impl Session {
-    /// Connects, verifies, logs in and asks for the forward. Any failure, including a refused
-    /// forward, is an error: a session without its forward is of no use to a renter.
+    /// Connects, verifies and logs in.
     pub async fn open(settings: &TunnelSettings) -> Result<Self, SessionError> {
         let endpoint = settings.endpoint();
         let tcp = match timeout(
@@ -146,10 +152,11 @@ impl Session {
     ) -> Result<Self, SessionError> {
         let config = Arc::new(ssh_config(settings));
         let (pipes_alive, pipes_watch) = watch::channel(());
+        let forwarded = Arc::new(AtomicU16::new(0));
         let client = Client {
             pin: settings.host_key.clone(),
             local_addr: settings.local_addr,
-            remote_port: settings.remote_port.get(),
+            forwarded: Arc::clone(&forwarded),
             pipes_alive: pipes_watch,
         };
         let mut handle = client::connect_stream(config, tcp, client)
@@ -158,40 +165,48 @@ impl Session {
 
         authenticate(&mut handle, &settings.user, &settings.credentials, endpoint).await?;
         info!(user = %settings.user, "logged in to the tunnel endpoint");
+        Ok(Self {
+            handle,
+            bind_address: settings.bind_address.clone(),
+            endpoint: endpoint.to_owned(),
+            forwarded,
+            _pipes_alive: pipes_alive,
+        })
+    }
 
-        let port = settings.remote_port.get();
-        match handle
-            .tcpip_forward(settings.bind_address.as_str(), u32::from(port))
-            .await
-        {
-            Ok(_) => {}
-            Err(russh::Error::RequestDenied) => {
-                let _ = handle
+    /// Asks for the remote forward of `port`. A refusal is an error: a session without its
+    /// forward is of no use to a renter.
+    pub async fn forward(&mut self, port: NonZeroU16) -> Result<(), SessionError> {
+        let bind = self.bind_address.as_str();
+        let asked = self.handle.tcpip_forward(bind, u32::from(port.get()));
+        match timeout(ESTABLISH_TIMEOUT, asked).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(russh::Error::RequestDenied)) => {
+                let _ = self
+                    .handle
                     .disconnect(Disconnect::ByApplication, "forward refused", "")
                     .await;
                 return Err(SessionError::ForwardRefused {
-                    bind: settings.bind_address.clone(),
-                    port,
+                    bind: self.bind_address.clone(),
+                    port: port.get(),
                 });
             }
-            Err(source) => {
+            Ok(Err(source)) => {
                 return Err(SessionError::Ssh {
                     during: "requesting the remote forward",
-                    endpoint: endpoint.to_owned(),
+                    endpoint: self.endpoint.clone(),
                     source,
                 });
             }
+            Err(_) => {
+                return Err(SessionError::EstablishTimeout {
+                    endpoint: self.endpoint.clone(),
+                });
+            }
         }
-        info!(
-            bind = %settings.bind_address,
-            port,
-            local = %settings.local_addr,
-            "remote forward granted"
-        );
-        Ok(Self {
-            handle,
-            _pipes_alive: pipes_alive,
-        })
+        self.forwarded.store(port.get(), Ordering::Relaxed);
+        info!(bind = %self.bind_address, port = port.get(), "remote forward granted");
+        Ok(())
     }
 
     /// Waits until the session ends on its own and says why.
@@ -327,7 +342,7 @@ fn ssh_error(during: &'static str, endpoint: &str, source: russh::Error) -> Sess
 pub struct Client {
     pin: Option<HostKeyPin>,
     local_addr: SocketAddr,
-    remote_port: u16,
+    forwarded: Arc<AtomicU16>,
     pipes_alive: watch::Receiver<()>,
 }
 
@@ -374,8 +389,9 @@ impl client::Handler for Client {
         reply: ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        // We asked for one port; a channel for any other is not ours to serve.
-        if connected_port != u32::from(self.remote_port) {
+        // We asked for one port; a channel for any other (or before the grant) is not ours.
+        let ours = self.forwarded.load(Ordering::Relaxed);
+        if ours == 0 || connected_port != u32::from(ours) {
             warn!(
                 connected_port,
                 "server opened a forwarded channel for a port we did not ask for; rejecting"

@@ -66,7 +66,9 @@ pub struct TunnelSettings {
     /// hijack) would otherwise receive every renter's SSH connection.
     pub host_key: Option<HostKeyPin>,
     /// The port the endpoint listens on for this device: the port the renter types in `ssh -p`.
-    pub remote_port: NonZeroU16,
+    /// Left out under the governor: the keeper then logs in at once and asks for the forward when
+    /// the port follows on stdin (`{"remotePort": N}`), once the device is rented.
+    pub remote_port: Option<NonZeroU16>,
     /// The address the endpoint binds that port to. `0.0.0.0` makes it public (the endpoint needs
     /// `GatewayPorts clientspecified`); tests use `127.0.0.1`.
     pub bind_address: String,
@@ -106,6 +108,17 @@ impl TunnelSettings {
                 source,
             })?;
         Self::from_json(&line)
+    }
+
+    /// The rental's port, as the governor sends it after the settings: `{"remotePort": N}`.
+    pub fn port_from_json(text: &str) -> Result<NonZeroU16, SettingsError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct RawPort {
+            remote_port: i64,
+        }
+        let raw: RawPort = serde_json::from_str(text)?;
+        port("remotePort", raw.remote_port)
     }
 
     pub fn from_json(text: &str) -> Result<Self, SettingsError> {
@@ -212,7 +225,7 @@ struct RawSettings {
     password: Option<Secret>,
     private_key: Option<Secret>,
     host_key: Option<String>,
-    remote_port: i64,
+    remote_port: Option<i64>,
     bind_address: Option<String>,
     local_addr: Option<String>,
     keepalive_seconds: Option<i64>,
@@ -264,7 +277,7 @@ impl TryFrom<RawSettings> for TunnelSettings {
             .host_key
             .map(|s| HostKeyPin::parse(&s).map_err(|r| invalid("hostKey", r)))
             .transpose()?;
-        let remote_port = port("remotePort", raw.remote_port)?;
+        let remote_port = raw.remote_port.map(|p| port("remotePort", p)).transpose()?;
         let bind_address = token(
             "bindAddress",
             raw.bind_address
@@ -388,7 +401,7 @@ MN2+8mnEJRqx68BE7WsUAAAAE2Nvbm5lY3Rvci11bml0LXRlc3QBAg==
         let s = parse(&minimal()).unwrap();
         assert_eq!(s.server, "tunnel.example.net");
         assert_eq!(s.server_port.get(), 6100);
-        assert_eq!(s.remote_port.get(), 6001);
+        assert_eq!(s.remote_port.map(NonZeroU16::get), Some(6001));
         assert_eq!(s.bind_address, "0.0.0.0");
         assert_eq!(s.local_addr, "127.0.0.1:22".parse().unwrap());
         assert_eq!(s.keepalive_interval, Duration::from_secs(15));
@@ -502,6 +515,24 @@ MN2+8mnEJRqx68BE7WsUAAAAE2Nvbm5lY3Rvci11bml0LXRlc3QBAg==
         assert!(!dbg.contains("s3cret-pass"), "{dbg}");
         assert!(!dbg.contains("PRIVATE KEY"), "{dbg}");
         assert!(dbg.contains("ClientKey(ssh-ed25519 SHA256:"), "{dbg}");
+    }
+
+    #[test]
+    fn the_port_may_follow_in_a_line_of_its_own() {
+        let mut v = minimal();
+        v.as_object_mut().unwrap().remove("remotePort");
+        assert_eq!(parse(&v).unwrap().remote_port, None);
+        let p = TunnelSettings::port_from_json(r#"{"remotePort": 40022}"#).unwrap();
+        assert_eq!(p.get(), 40022);
+        for bad in [
+            r#"{"remotePort": 0}"#,
+            r#"{"remotePort": 70000}"#,
+            r#"{"remotePort": "22"}"#,
+            r#"{"remotePort": 22, "localAddr": "1.2.3.4:22"}"#,
+            "22",
+        ] {
+            assert!(TunnelSettings::port_from_json(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 pub enum TunnelState {
     /// Connecting, logging in and asking for the forward.
     Connecting,
+    /// Logged in, waiting for the rental's port (the device is not rented yet): asking for the
+    /// forward then takes one round trip.
+    Standby,
     /// The forward is in place: renters can log in.
     Up {
         /// When the forward was granted.
@@ -40,6 +43,7 @@ impl fmt::Display for TunnelState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Connecting => f.write_str("connecting"),
+            Self::Standby => f.write_str("logged in, waiting for a rental's port"),
             Self::Up { since } => write!(
                 f,
                 "up since {}",

@@ -171,6 +171,56 @@ async fn supervised_it_puts_only_state_lines_on_stdout_and_stops_with_its_stdin(
     );
 }
 
+/// Before the device is rented the governor's keeper logs in with no port; the port follows on
+/// stdin, and the forward is then one request away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervised_without_a_port_it_logs_in_and_forwards_the_port_given_later() {
+    let endpoint = Endpoint::start();
+    let remote = free_port();
+    let mut settings = settings_json(&endpoint, remote, echo_server().await);
+    settings.as_object_mut().unwrap().remove("remotePort");
+    let mut connector = Connector::start_with(&settings, &["--supervised"]).await;
+    let mut states = Vec::new();
+    let mut next_state = async || {
+        let line = tokio::time::timeout(Duration::from_secs(15), connector.states.next_line())
+            .await
+            .expect("a state line within 15 s")
+            .unwrap()
+            .expect("the keeper still runs");
+        let state: Value = serde_json::from_str(&line).expect("a JSON state line");
+        state["state"].as_str().unwrap().to_owned()
+    };
+    states.push(next_state().await);
+    states.push(next_state().await);
+    assert_eq!(states, ["connecting", "standby"]);
+    assert!(
+        endpoint
+            .log()
+            .contains("Accepted password for p2pvps-tunnel"),
+        "standby is logged in: {}",
+        endpoint.log()
+    );
+    assert!(
+        common::round_trip(remote, b"x").await.is_err(),
+        "nothing forwarded before the port is given"
+    );
+    let stdin = connector.stdin.as_mut().unwrap();
+    stdin
+        .write_all(format!("{}\n", json!({"remotePort": remote})).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(next_state().await, "up");
+    wait_usable(remote, Duration::from_secs(5)).await;
+    assert_eq!(
+        endpoint.log().matches("Accepted password").count(),
+        1,
+        "the port is forwarded in the session already open: {}",
+        endpoint.log()
+    );
+    drop(connector.stdin.take());
+    assert_eq!(connector.exit_status().await.code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_pin_gives_one_clear_log_line() {
     let endpoint = Endpoint::start();
@@ -210,6 +260,13 @@ async fn bad_settings_exit_with_ex_config_naming_the_key() {
         out.contains("`remotePort` must be a port number 1-65535, got 0"),
         "{out}"
     );
+    // Only the governor's keeper may wait for its port.
+    let mut without = settings;
+    without.as_object_mut().unwrap().remove("remotePort");
+    let mut connector = Connector::start(&without).await;
+    assert_eq!(connector.exit_status().await.code(), Some(78));
+    let out = connector.output();
+    assert!(out.contains("`remotePort` is required"), "{out}");
 }
 
 #[tokio::test]

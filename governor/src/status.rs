@@ -131,7 +131,10 @@ impl StatusView {
                 "tunnel",
                 &format!(
                     "{}{detail} (reported {})",
-                    t.state,
+                    match t.state.as_str() {
+                        "standby" => "standby: logged in, the port comes with the next rental",
+                        other => other,
+                    },
                     relative(t.reported_at, now)
                 ),
             );

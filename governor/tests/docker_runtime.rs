@@ -9,6 +9,7 @@ use common::{Cleanup, docker, random_device};
 use p2pvps_governor::runtime::{
     ContainerRuntime as _, ContainerSpec, DockerRuntime, Limits, RuntimeError,
 };
+use p2pvps_governor::socket::LeaseNotice;
 use p2pvps_governor::types::{PasswordHash, Secret, Username};
 
 const IMAGE: &str = "p2pvps/renter:latest";
@@ -100,7 +101,15 @@ async fn a_renter_container_is_confined_has_its_login_and_stops_fast() {
     let password = Secret::password("Xy7pQ2mN0a").unwrap();
     let hash = PasswordHash::of(&password);
     let user = Username::parse("aB3xY9zQ1k").unwrap();
-    rt.add_login(&id, &user, &hash).await.unwrap();
+    rt.add_login(&id, &user, &hash, &lease()).await.unwrap();
+    // The lease is saved with the login, so the first login's banner already names the end.
+    let (ok, saved, err) = docker(&["exec", &name, "cat", "/run/p2pvps-lease.json"]);
+    assert!(ok, "no lease saved with the login: {err}");
+    assert!(
+        saved.contains("\"expiration\":\"2030-01-02T03:04:05Z\"")
+            && saved.contains("\"port\":40022"),
+        "{saved}"
+    );
     let (ok, groups, err) = docker(&["exec", &name, "id", "-nG", "aB3xY9zQ1k"]);
     assert!(ok, "{err}");
     assert!(groups.split_whitespace().any(|g| g == "sudo"), "{groups}");
@@ -125,7 +134,7 @@ async fn a_renter_container_is_confined_has_its_login_and_stops_fast() {
 
     // Made again (a login interrupted half-way): the user is kept, the password set anew.
     let again = PasswordHash::of(&Secret::password("Qq1wE2rT3y").unwrap());
-    rt.add_login(&id, &user, &again).await.unwrap();
+    rt.add_login(&id, &user, &again, &lease()).await.unwrap();
     let (_, shadow, _) = docker(&["exec", &name, "getent", "shadow", "aB3xY9zQ1k"]);
     assert_eq!(shadow.split(':').nth(1), Some(again.as_str()));
 
@@ -250,7 +259,7 @@ async fn a_volume_mounted_after_the_start_reaches_the_container() {
     assert!(inspect(&name, "{{json .Mounts}}").contains("\"Propagation\":\"rslave\""));
     let user = Username::parse("renter1").unwrap();
     let hash = PasswordHash::of(&Secret::password("Xy7pQ2mN0a").unwrap());
-    rt.add_login(&id, &user, &hash)
+    rt.add_login(&id, &user, &hash, &lease())
         .await
         .expect("the login is made on a locked volume too");
     let (ok, _, err) = docker(&["exec", &name, "touch", "/media/storage/leak"]);
@@ -367,4 +376,13 @@ async fn the_renter_writes_only_to_its_layer_on_the_volume() {
         layer.join("home/diff/root/canary").exists(),
         "the engine deleted the renter's files through the bind"
     );
+}
+
+/// A rental's lease as the governor hands it over with the login.
+fn lease() -> LeaseNotice {
+    LeaseNotice {
+        expiration: "2030-01-02T03:04:05Z".parse().unwrap(),
+        notices: vec![Duration::from_mins(10)],
+        contact: Some(("tunnel.example".into(), 40022)),
+    }
 }

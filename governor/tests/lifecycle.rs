@@ -186,7 +186,7 @@ async fn full_cycle_registers_serves_expires_wipes_and_registers_again() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_connector_gets_the_tunnel_only_while_a_rental_runs() {
+async fn the_tunnel_logs_in_while_listed_and_forwards_only_while_a_rental_runs() {
     let w = World::new(1);
     let hub = Hub::default();
     let endpoint = TunnelEndpoint {
@@ -201,10 +201,23 @@ async fn the_connector_gets_the_tunnel_only_while_a_rental_runs() {
         .lifecycle_with(|s| s.tunnel = Some(endpoint.clone()))
         .with_hub(hub.clone());
     assert!(hub.tunnel().is_none());
+    // The marketplace is down: the device waits to be listed, its keeper logged in, no port.
+    w.market.set_down(true);
     w.drive(&lc, async {
-        until(Duration::from_secs(5), || w.state().phase == Phase::Serving).await;
+        until(Duration::from_secs(5), || {
+            w.state().phase == Phase::Registering && hub.tunnel().is_some()
+        })
+        .await;
+        let listed = hub.tunnel().unwrap();
+        assert_eq!(listed.remote_port, None, "no port before a rental");
+        w.market.set_down(false);
+        until(Duration::from_mins(1), || w.state().phase == Phase::Serving).await;
         let t = hub.tunnel().expect("tunnel settings while serving");
-        assert_eq!(t.remote_port, w.state().lease.unwrap().port.get());
+        assert_eq!(t.remote_port, Some(w.state().lease.unwrap().port.get()));
+        assert!(
+            t.adds_port_to(&listed),
+            "the keeper that logged in is given the port, not replaced"
+        );
         assert_eq!(t.endpoint.server, "tunnel.example");
         let first_port = t.remote_port;
         // The renter's notices: the lease's end and the default reminders.

@@ -103,7 +103,8 @@ impl Keeper {
         let (tx, history) = watch::channel(Vec::new());
         let (stop, stopped) = oneshot::channel::<()>();
         let report = move |state: TunnelState| tx.send_modify(|h| h.push(state));
-        let task = tokio::spawn(tunnel::run(settings, report, async move {
+        let (_, port) = watch::channel(settings.remote_port);
+        let task = tokio::spawn(tunnel::run(settings, port, report, async move {
             let _ = stopped.await;
         }));
         Self {

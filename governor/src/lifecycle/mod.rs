@@ -259,8 +259,9 @@ where
 
     async fn step(&self, state: &mut State) -> Result<(), LifecycleError> {
         let live = matches!(state.phase, Phase::Provisioning | Phase::Serving);
-        // The tunnel runs only while a rental is served (`publish_tunnel` starts it).
-        if !live {
+        // The tunnel runs while the device is listed (logged in, waiting for the port) and while a
+        // rental is served (`publish_tunnel` starts it).
+        if !live && state.phase != Phase::Registering {
             self.hub.set_tunnel(None);
         }
         self.hub.set_volume(live.then(|| state.volume.clone()));
@@ -285,15 +286,18 @@ where
     }
 
     /// The tunnel to the renter's container `id` (the renter's own, or the stand-in), kept on the
-    /// host; it follows the container's address, which a restart may change.
+    /// host; it follows the container's address, which a restart may change. Before the device is
+    /// rented the keeper logs in and waits: the rental's port is then one request away.
     async fn publish_tunnel(&self, state: &State, id: &str) {
-        let (Some(endpoint), Some(lease)) = (&self.settings.tunnel, &state.lease) else {
+        let Some(endpoint) = &self.settings.tunnel else {
             return;
         };
+        let live = matches!(state.phase, Phase::Provisioning | Phase::Serving);
+        let port = state.lease.as_ref().filter(|_| live).map(|l| l.port.get());
         match self.runtime.address(id, &self.settings.network).await {
             Ok(Some(ip)) => self.hub.set_tunnel(Some(TunnelSettings {
                 endpoint: endpoint.clone(),
-                remote_port: lease.port.get(),
+                remote_port: port,
                 local: std::net::SocketAddr::new(ip, 22),
             })),
             Ok(None) => {
@@ -308,18 +312,25 @@ where
     /// The expiration the connector announces to the renter, while a rental is live.
     fn publish_lease(&self, state: &State) {
         let live = matches!(state.phase, Phase::Provisioning | Phase::Serving);
-        self.hub
-            .set_lease(state.lease.as_ref().filter(|_| live).map(|l| {
-                LeaseNotice {
-                    expiration: l.expiration,
-                    notices: self.settings.notices.clone(),
-                    contact: self
-                        .settings
-                        .tunnel
-                        .as_ref()
-                        .map(|t| (t.server.clone(), l.port.get())),
-                }
-            }));
+        self.hub.set_lease(
+            state
+                .lease
+                .as_ref()
+                .filter(|_| live)
+                .map(|l| self.lease_notice(l)),
+        );
+    }
+
+    fn lease_notice(&self, l: &LeaseRecord) -> LeaseNotice {
+        LeaseNotice {
+            expiration: l.expiration,
+            notices: self.settings.notices.clone(),
+            contact: self
+                .settings
+                .tunnel
+                .as_ref()
+                .map(|t| (t.server.clone(), l.port.get())),
+        }
     }
 
     fn enter(&self, state: &mut State, phase: Phase) -> Result<(), LifecycleError> {
@@ -400,7 +411,8 @@ where
         if self.storage.keeps_layers() && layer.is_none() {
             return Ok(false);
         }
-        self.ensure_container(state, storage, layer).await?;
+        let id = self.ensure_container(state, storage, layer).await?;
+        self.publish_tunnel(state, &id).await;
         Ok(true)
     }
 
@@ -438,8 +450,9 @@ where
             return self.enter(state, Phase::Expired);
         };
         let id = self.ensure_container(state, storage, layer).await?;
-        // The tunnel first: its keeper connects while the login is made.
-        self.publish_tunnel(state, &id).await;
+        // The login before the forward: a renter who connects at once must not find sshd without
+        // their user (a refused password costs them seconds). The keeper logged in while the
+        // device was listed, so the forward is one request.
         if !self.add_login(&id, lease(state)).await {
             // Start over from a fresh container after a pause.
             self.retry("remove container", || {
@@ -451,6 +464,7 @@ where
             self.clock.sleep(s.retry_base * 5).await;
             return Ok(());
         }
+        self.publish_tunnel(state, &id).await;
         self.enter(state, Phase::Serving)
     }
 
@@ -612,7 +626,7 @@ where
     async fn add_login(&self, id: &str, l: &LeaseRecord) -> bool {
         match self
             .runtime
-            .add_login(id, &l.username, &l.password_hash)
+            .add_login(id, &l.username, &l.password_hash, &self.lease_notice(l))
             .await
         {
             Ok(()) => {

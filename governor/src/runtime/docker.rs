@@ -20,6 +20,7 @@ use super::{
     AUDIT_WRITE, ContainerRuntime, ContainerSpec, DEVICE_LABEL, DROPPED_CAPABILITIES, RuntimeError,
     STORAGE_MOUNT, bridge_name,
 };
+use crate::socket::LeaseNotice;
 use crate::types::{PasswordHash, Username};
 
 /// The renter container's host name.
@@ -485,11 +486,12 @@ impl ContainerRuntime for DockerRuntime {
         id: &str,
         user: &Username,
         hash: &PasswordHash,
+        lease: &LeaseNotice,
     ) -> Result<(), RuntimeError> {
-        // One exec (each costs seconds on a Pi): the connector in the image makes the user, sets
-        // the hash and gives them the storage, from one line on its stdin.
-        let line = format!("{}:{}\n", user.as_str(), hash.as_str());
-        self.exec(id, &[super::CONNECTOR, "add-login"], Some(line.as_bytes()))
+        // One exec (each costs seconds on a Pi): the connector in the image saves the lease, makes
+        // the user, sets the hash and gives them the storage, from two lines on its stdin.
+        let input = format!("{}:{}\n{}\n", user.as_str(), hash.as_str(), lease.to_wire());
+        self.exec(id, &[super::CONNECTOR, "add-login"], Some(input.as_bytes()))
             .await
     }
 

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{ContainerRuntime, ContainerSpec, RuntimeError};
+use crate::socket::LeaseNotice;
 use crate::types::{PasswordHash, Username};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +175,7 @@ impl ContainerRuntime for FakeRuntime {
         id: &str,
         user: &Username,
         hash: &PasswordHash,
+        _lease: &LeaseNotice,
     ) -> Result<(), RuntimeError> {
         let mut inner = self.call(format!("add_login {id} {user}"))?;
         let c = inner

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::socket::LeaseNotice;
 use crate::types::{PasswordHash, Username};
 
 pub mod docker;
@@ -135,12 +136,14 @@ pub trait ContainerRuntime: Send + Sync {
     ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
 
     /// Create the renter's login (with sudo) from a password hash given on stdin, and give them
-    /// the storage mount.
+    /// the storage mount; the lease (for the login banner and `p2pvps-lease`) is saved first, so
+    /// it is there for the first login.
     fn add_login(
         &self,
         id: &str,
         user: &Username,
         hash: &PasswordHash,
+        lease: &LeaseNotice,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Some(running?) for an existing container, None when it is gone.
@@ -212,8 +215,9 @@ impl<T: ContainerRuntime> ContainerRuntime for std::sync::Arc<T> {
         id: &str,
         user: &Username,
         hash: &PasswordHash,
+        lease: &LeaseNotice,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
-        (**self).add_login(id, user, hash)
+        (**self).add_login(id, user, hash, lease)
     }
     fn state(&self, id: &str) -> impl Future<Output = Result<Option<bool>, RuntimeError>> + Send {
         (**self).state(id)

@@ -5,9 +5,10 @@
 //! files, environment, processes or socket, where the renter (root there) could read it.
 //!
 //! The lifecycle says which tunnel should run (`Hub::set_tunnel`); this task starts the keeper,
-//! restarts it with backoff when it exits, replaces it when the settings change (a new rental, the
-//! container's new address) and stops it (SIGTERM: it says goodbye to the endpoint, freeing the
-//! port) between rentals. The keeper's state lines (`--supervised`) go to the hub for `status`; its
+//! restarts it with backoff when it exits, hands it the rental's port when the device is rented
+//! (the keeper logged in while the device was listed), replaces it when the settings change
+//! otherwise (the container's new address) and stops it (SIGTERM: it says goodbye to the
+//! endpoint, freeing the port) between rentals. The keeper's state lines (`--supervised`) go to the hub for `status`; its
 //! stdin stays open while it is wanted, so it stops when the governor dies, however it dies.
 
 use std::path::{Path, PathBuf};
@@ -220,7 +221,7 @@ async fn run_once(
         Err(e) => return Ended::Exited(format!("cannot start {}: {e}", program.display())),
     };
     info!(pid = child.id().unwrap_or(0), endpoint = %format!("{}:{}", settings.endpoint.server, settings.endpoint.server_port),
-        port = settings.remote_port, to = %settings.local, "tunnel keeper started on the host");
+        port = ?settings.remote_port, to = %settings.local, "tunnel keeper started on the host");
     // The settings as one line; stdin then stays open as long as this keeper is wanted: its end
     // (this governor gone, even killed) stops the keeper.
     let Some(mut stdin) = child.stdin.take() else {
@@ -237,6 +238,7 @@ async fn run_once(
         return Ended::Exited("no stdout from the tunnel keeper".into());
     };
     let mut lines = BufReader::new(stdout).lines();
+    let mut current = settings.clone();
     loop {
         tokio::select! {
             line = lines.next_line() => match line {
@@ -255,6 +257,17 @@ async fn run_once(
                 }
             },
             _ = wanted.changed() => {
+                // The rental's port for the keeper that logged in before the device was listed:
+                // one line, and the forward is one request away.
+                let next = wanted.borrow().clone();
+                if let Some(next) = next.filter(|n| n.adds_port_to(&current)) {
+                    let line = format!("{}\n", serde_json::json!({"remotePort": next.remote_port}));
+                    if stdin.write_all(line.as_bytes()).await.is_ok() {
+                        info!(port = ?next.remote_port, "the tunnel keeper forwards the rental's port");
+                        current = next;
+                        continue;
+                    }
+                }
                 stop(&mut child).await;
                 return Ended::Replaced;
             }

@@ -69,13 +69,27 @@ pub struct TunnelEndpoint {
 #[derive(Debug, Clone)]
 pub struct TunnelSettings {
     pub endpoint: TunnelEndpoint,
-    /// The port the endpoint forwards to this rental (from registration).
-    pub remote_port: u16,
+    /// The port the endpoint forwards to this rental (from registration); `None` before the
+    /// device is rented: the keeper logs in and waits for it.
+    pub remote_port: Option<u16>,
     /// The renter container's sshd, where forwarded connections go.
     pub local: std::net::SocketAddr,
 }
 
 impl TunnelSettings {
+    /// Whether `self` is `before` with the rental's port added (and nothing else changed): the
+    /// keeper already logged in is given the port instead of being replaced.
+    pub fn adds_port_to(&self, before: &Self) -> bool {
+        before.remote_port.is_none()
+            && self.remote_port.is_some()
+            && Self {
+                remote_port: None,
+                ..self.clone()
+            }
+            .to_wire()
+                == before.to_wire()
+    }
+
     /// The connector's settings JSON (secrets included: it goes to the keeper's stdin only).
     pub fn to_wire(&self) -> Value {
         let e = &self.endpoint;
@@ -83,9 +97,11 @@ impl TunnelSettings {
             "server": e.server,
             "serverPort": e.server_port,
             "user": e.user,
-            "remotePort": self.remote_port,
             "localAddr": self.local.to_string(),
         });
+        if let Some(p) = self.remote_port {
+            v["remotePort"] = json!(p);
+        }
         if let Some(p) = &e.password {
             v["password"] = Value::String(p.expose().to_owned());
         }
@@ -108,6 +124,21 @@ pub struct LeaseNotice {
     /// Where renters log in: the tunnel endpoint and the rental's port (not secret: the
     /// marketplace lists them), for the commands the renter's tools print.
     pub contact: Option<(String, u16)>,
+}
+
+impl LeaseNotice {
+    /// The lease as the connector reads it (from the socket, or with the login).
+    pub fn to_wire(&self) -> Value {
+        let mut lease = json!({
+            "expiration": self.expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "notices": self.notices.iter().map(std::time::Duration::as_secs).collect::<Vec<_>>(),
+        });
+        if let Some((server, port)) = &self.contact {
+            lease["server"] = json!(server);
+            lease["port"] = json!(port);
+        }
+        lease
+    }
 }
 
 /// The tunnel's state as the connector last reported it.
@@ -334,17 +365,7 @@ impl Hub {
     fn handle(&self, req: &Value) -> Value {
         match req.get("op").and_then(Value::as_str) {
             Some("lease") => match &self.inner.lock().unwrap().lease {
-                Some(l) => {
-                    let mut lease = json!({
-                        "expiration": l.expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                        "notices": l.notices.iter().map(std::time::Duration::as_secs).collect::<Vec<_>>(),
-                    });
-                    if let Some((server, port)) = &l.contact {
-                        lease["server"] = json!(server);
-                        lease["port"] = json!(port);
-                    }
-                    json!({"ok": true, "lease": lease})
-                }
+                Some(l) => json!({"ok": true, "lease": l.to_wire()}),
                 None => json!({"ok": false, "error": "no rental in force"}),
             },
             Some("sessions") => match req.get("count").and_then(Value::as_u64) {
@@ -433,7 +454,7 @@ pub fn parse_report(v: Option<&Value>) -> Result<TunnelReport, String> {
         .get("state")
         .and_then(Value::as_str)
         .ok_or("state.state must be a string")?;
-    if !matches!(state, "connecting" | "up" | "down") {
+    if !matches!(state, "connecting" | "standby" | "up" | "down") {
         return Err(format!(
             "unknown tunnel state {:?}",
             crate::types::shorten(state)
@@ -602,12 +623,29 @@ mod tests {
                 private_key: None,
                 host_key: None,
             },
-            remote_port: 6001,
+            remote_port: Some(6001),
             local: "172.18.0.2:22".parse().unwrap(),
         };
         let wire = settings.to_wire();
         assert_eq!(wire["password"], "tunnelpw");
         assert_eq!(wire["localAddr"], "172.18.0.2:22");
+        assert_eq!(wire["remotePort"], 6001);
+        // Listed, not rented: no port on the wire; the port alone is added to a keeper that runs.
+        let listed = TunnelSettings {
+            remote_port: None,
+            ..settings.clone()
+        };
+        assert!(listed.to_wire().get("remotePort").is_none());
+        assert!(settings.adds_port_to(&listed));
+        assert!(!listed.adds_port_to(&settings) && !settings.adds_port_to(&settings));
+        let moved = TunnelSettings {
+            local: "172.18.0.3:22".parse().unwrap(),
+            ..settings.clone()
+        };
+        assert!(
+            !moved.adds_port_to(&listed),
+            "a new address is a new keeper"
+        );
         let mut changes = hub.tunnel_changes();
         hub.set_tunnel(Some(settings.clone()));
         assert!(changes.has_changed().unwrap());
