@@ -185,22 +185,25 @@ async fn main() -> ExitCode {
             };
             let (port_tx, port) = tokio::sync::watch::channel(settings.remote_port);
             if supervised {
-                let parent_gone = async {
-                    // A blocking read on a thread of its own: it ends with the pipe. Each line
-                    // after the settings is the rental's port.
-                    let _ = tokio::task::spawn_blocking(move || {
-                        use std::io::BufRead as _;
-                        for line in std::io::stdin().lock().lines() {
-                            let Ok(line) = line else { break };
-                            match TunnelSettings::port_from_json(&line) {
-                                Ok(p) => {
-                                    port_tx.send_replace(Some(p));
-                                }
-                                Err(e) => error!("ignoring a line from the governor: {e}"),
+                // A blocking read on a thread of its own, which ends with the pipe. Each line
+                // after the settings is the rental's port. Not tokio's blocking pool: the runtime
+                // waits for those at exit, and a stop by signal would then wait for the pipe.
+                let (gone_tx, gone) = tokio::sync::oneshot::channel::<()>();
+                std::thread::spawn(move || {
+                    use std::io::BufRead as _;
+                    for line in std::io::stdin().lock().lines() {
+                        let Ok(line) = line else { break };
+                        match TunnelSettings::port_from_json(&line) {
+                            Ok(p) => {
+                                port_tx.send_replace(Some(p));
                             }
+                            Err(e) => error!("ignoring a line from the governor: {e}"),
                         }
-                    })
-                    .await;
+                    }
+                    let _ = gone_tx.send(());
+                });
+                let parent_gone = async {
+                    let _ = gone.await;
                     info!("the governor closed our stdin; stopping");
                 };
                 let stop = async {

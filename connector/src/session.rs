@@ -177,9 +177,16 @@ impl Session {
     /// Asks for the remote forward of `port`. A refusal is an error: a session without its
     /// forward is of no use to a renter.
     pub async fn forward(&mut self, port: NonZeroU16) -> Result<(), SessionError> {
+        // Known to the handler before the request: the endpoint may open the first channel before
+        // this task sees the grant.
+        self.forwarded.store(port.get(), Ordering::Relaxed);
         let bind = self.bind_address.as_str();
         let asked = self.handle.tcpip_forward(bind, u32::from(port.get()));
-        match timeout(ESTABLISH_TIMEOUT, asked).await {
+        let answer = timeout(ESTABLISH_TIMEOUT, asked).await;
+        if !matches!(answer, Ok(Ok(_))) {
+            self.forwarded.store(0, Ordering::Relaxed);
+        }
+        match answer {
             Ok(Ok(_)) => {}
             Ok(Err(russh::Error::RequestDenied)) => {
                 let _ = self
@@ -204,7 +211,6 @@ impl Session {
                 });
             }
         }
-        self.forwarded.store(port.get(), Ordering::Relaxed);
         info!(bind = %self.bind_address, port = port.get(), "remote forward granted");
         Ok(())
     }
