@@ -49,6 +49,7 @@ const KEYS: &[&str] = &[
     "wifiSsid",
     "wifiPassphrase",
     "wifiCountry",
+    "statusPort",
 ];
 
 /// The renter's volume with `storageDevice: "none"`, in MiB: room for a renter, without taking a
@@ -154,6 +155,8 @@ pub struct DeviceConfig {
     pub storage_size_mb: u64,
     /// The owner's Wi-Fi network, for a device without a cable (`wifiSsid`, …).
     pub wifi: Option<Wifi>,
+    /// The owner's page's port (`statusPort`; 0 turns it off); None: the governor's default.
+    pub status_port: Option<u16>,
 }
 
 impl DeviceConfig {
@@ -257,6 +260,14 @@ impl DeviceConfig {
                 .wifi
                 .as_ref()
                 .map_or_else(|| "(none: wired)".to_owned(), Wifi::summary),
+        );
+        line(
+            "statusPort",
+            &match self.status_port {
+                None => "default (80 on the image, off on the .deb)".to_owned(),
+                Some(0) => "0 (the owner's page is off)".to_owned(),
+                Some(p) => p.to_string(),
+            },
         );
         line("renterImage", &self.renter_image);
         if let Some(tar) = &self.renter_image_tar {
@@ -419,6 +430,18 @@ impl Reader<'_> {
         };
         let wifi =
             Wifi::from_config(self.map).map_err(|(key, reason)| self.invalid(key, reason))?;
+        let status_port = match self.map.get("statusPort") {
+            None => None,
+            Some(v) => match number(v).and_then(|n| u16::try_from(n).ok()) {
+                Some(p) => Some(p),
+                None => {
+                    return Err(self.invalid(
+                        "statusPort",
+                        format!("must be a port number from 1 to 65535, or 0 to turn the owner's page off, got {v}"),
+                    ));
+                }
+            },
+        };
         Ok(DeviceConfig {
             device_id,
             server_url,
@@ -438,6 +461,7 @@ impl Reader<'_> {
             sandbox,
             storage_size_mb,
             wifi,
+            status_port,
         })
     }
 

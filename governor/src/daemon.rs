@@ -13,6 +13,7 @@ use crate::led::{self, Indication, LedHandle, LedOptions};
 use crate::lifecycle::{Lifecycle, LifecycleError, Settings};
 use crate::marketplace::{Marketplace, MarketplaceError, Specs};
 use crate::notify::Notifier;
+use crate::page;
 use crate::runtime::{DockerRuntime, Limits};
 use crate::sandbox::{NftFirewall, tunnel};
 use crate::socket::{self, Hub, SocketError, TunnelEndpoint};
@@ -42,6 +43,8 @@ pub struct RunOptions {
     pub notices: Vec<Duration>,
     /// The connector binary, run on the host as the tunnel keeper (`sandbox/tunnel.rs`).
     pub connector: PathBuf,
+    /// The owner's page's port when the config sets none (0: off).
+    pub status_port: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +144,7 @@ async fn run_with_led(
         opts.connector.clone(),
         hub.clone(),
     )));
+    let _page = owners_page(opts, &config, &storage_root, &hub).await;
     // Nothing ends by a clock that cannot be believed: a Pi has no real-time clock.
     let time = TimeSource::systemd(Path::new("/run"));
     let clock = SyncedClock::new(SystemClock, time.clone());
@@ -158,6 +162,38 @@ async fn run_with_led(
             .with_firewall(Arc::new(NftFirewall));
         drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led, notifier).await
     }
+}
+
+/// The owner's page on `statusPort` (or the default), unless it is 0. A port that cannot be had
+/// leaves the device without its page, not without its rentals: the log says why.
+async fn owners_page(
+    opts: &RunOptions,
+    config: &DeviceConfig,
+    storage_root: &Path,
+    hub: &Hub,
+) -> Option<crate::AbortOnDrop> {
+    let port = config.status_port.unwrap_or(opts.status_port);
+    if port == 0 {
+        return None;
+    }
+    let listener = match page::bind(port).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "no owner's page");
+            return None;
+        }
+    };
+    let source = page::PageSource::new(
+        opts.state_dir.clone(),
+        storage_root.to_owned(),
+        opts.config.clone(),
+        hub.clone(),
+        page::local_name(config.device_id.as_str()),
+    );
+    Some(crate::AbortOnDrop(tokio::spawn(page::serve(
+        listener,
+        Arc::new(source),
+    ))))
 }
 
 /// The device's key for the tunnel endpoint (`sshKey`), made on the first start when asked. A key
@@ -367,6 +403,7 @@ mod tests {
             led_root: tmp.join("leds"),
             notices: Vec::new(),
             connector: "/nonexistent/p2pvps-connector".into(),
+            status_port: 0,
         };
         (opts, act)
     }

@@ -5,6 +5,7 @@
 //! journald reads as the entry's priority: `journalctl -u p2pvps-governor` and the console then show
 //! why something failed, not only that it did.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::IsTerminal as _;
 
@@ -22,7 +23,7 @@ const DEFAULT_FILTER: &str = "info,hyper=warn,h2=warn,reqwest=warn,bollard=warn,
 pub fn init() {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(filter).with(Recent);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         registry
             .with(
@@ -49,6 +50,72 @@ pub fn init() {
                 .with_ansi(std::io::stderr().is_terminal()),
         )
         .init();
+}
+
+/// How many of the last log lines the owner's page shows.
+const RECENT_LINES: usize = 40;
+/// Fields left out of the page's lines: the renter's login name is theirs, not the owner's
+/// business (secrets never reach the log at all).
+const NOT_ON_THE_PAGE: [&str; 2] = ["username", "user"];
+
+static RECENT: std::sync::Mutex<VecDeque<String>> = std::sync::Mutex::new(VecDeque::new());
+
+/// The last log lines (INFO and above, oldest first), for the owner's page.
+pub fn recent_lines() -> Vec<String> {
+    RECENT.lock().unwrap().iter().cloned().collect()
+}
+
+/// The layer that keeps [`recent_lines`].
+pub struct Recent;
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for Recent {
+    fn on_event(&self, event: &Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let level = *event.metadata().level();
+        if level > Level::INFO {
+            return;
+        }
+        let mut line = RecentLine::default();
+        event.record(&mut line);
+        let text = format!(
+            "{} {:<5} {}{}",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M:%S"),
+            level,
+            line.message,
+            line.fields
+        );
+        let mut recent = RECENT.lock().unwrap();
+        if recent.len() == RECENT_LINES {
+            recent.pop_front();
+        }
+        recent.push_back(text);
+    }
+}
+
+#[derive(Default)]
+struct RecentLine {
+    message: String,
+    fields: String,
+}
+
+impl tracing::field::Visit for RecentLine {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.record(field.name(), value);
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        self.record(field.name(), &format!("{value:?}"));
+    }
+}
+
+impl RecentLine {
+    fn record(&mut self, name: &str, value: &str) {
+        use fmt::Write as _;
+        if name == "message" {
+            value.clone_into(&mut self.message);
+        } else if !NOT_ON_THE_PAGE.contains(&name) {
+            let _ = write!(self.fields, " {name}={value}");
+        }
+    }
 }
 
 /// `<priority>message field=value…`: journald adds the time, the unit and the process.
@@ -97,6 +164,31 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn the_page_keeps_the_last_lines_without_the_renters_name() {
+        let subscriber = tracing_subscriber::registry().with(super::Recent);
+        let _default = tracing::subscriber::set_default(subscriber);
+        tracing::info!(username = "aB3xY9zQ1k", port = 40022, "registered");
+        tracing::debug!("not for the page");
+        tracing::error!(error = "gone", "failed");
+        let lines = super::recent_lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].ends_with("INFO  registered port=40022"),
+            "{lines:?}"
+        );
+        assert!(lines[1].ends_with("ERROR failed error=gone"), "{lines:?}");
+        for n in 0..super::RECENT_LINES {
+            tracing::warn!(n, "filler");
+        }
+        let lines = super::recent_lines();
+        assert_eq!(lines.len(), super::RECENT_LINES);
+        assert!(
+            lines[0].ends_with("WARN  filler n=0"),
+            "the oldest go: {lines:?}"
+        );
     }
 
     #[test]

@@ -41,6 +41,10 @@ enum Command {
         /// program, else /usr/lib/p2pvps/p2pvps-connector).
         #[arg(long)]
         connector: Option<PathBuf>,
+        /// The owner's page's port when device-config.json sets no `statusPort` (0: off; the
+        /// image's unit sets 80).
+        #[arg(long, default_value_t = 0)]
+        status_port: u16,
     },
     /// Show what the governor is doing.
     Status {
@@ -81,7 +85,9 @@ fn main() -> ExitCode {
             network,
             expiry_notices,
             connector,
+            status_port,
         } => run(RunOptions {
+            status_port,
             connector: connector
                 .unwrap_or_else(p2pvps_governor::sandbox::tunnel::default_connector),
             config,

@@ -281,3 +281,33 @@ fn wifi_is_read_and_its_passphrase_never_shown() {
     .unwrap();
     assert!(wired.wifi.is_none() && wired.summary().contains("(none: wired)"));
 }
+
+#[test]
+fn the_status_port_is_a_port_or_zero_for_off() {
+    let with = |v: &str| {
+        format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://m.example", "statusPort": {v}}}"#)
+    };
+    assert_eq!(parse(&with("8080")).unwrap().status_port, Some(8080));
+    assert_eq!(parse(&with("0")).unwrap().status_port, Some(0));
+    assert_eq!(
+        parse(&format!(
+            r#"{{"deviceId": "{ID}", "serverUrl": "http://m.example"}}"#
+        ))
+        .unwrap()
+        .status_port,
+        None
+    );
+    for bad in ["70000", "-1", "\"web\"", "true"] {
+        let e = err(&with(bad));
+        assert!(
+            e.contains("statusPort") && e.contains("0 to turn the owner's page off"),
+            "{bad}: {e}"
+        );
+    }
+    assert!(
+        parse(&with("0"))
+            .unwrap()
+            .summary()
+            .contains("the owner's page is off")
+    );
+}

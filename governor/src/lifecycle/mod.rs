@@ -721,11 +721,13 @@ where
                     self.publish_lease(state);
                 }
                 state.last_heartbeat = Some(Heartbeat { at, error: None });
+                self.hub.counters().check_in(true);
                 true
             }
             Err(e) => {
                 warn!(error = %e, %expiration, "heartbeat failed; the rental holds until its expiration");
                 state.last_heartbeat = Some(Heartbeat { at, error: Some(e) });
+                self.hub.counters().check_in(false);
                 false
             }
         }
@@ -771,11 +773,13 @@ where
     async fn wipe(&self, state: &mut State) -> Result<(), LifecycleError> {
         let volume = state.volume.clone();
         info!(%volume, "wiping the renter's storage");
+        let started = tokio::time::Instant::now();
         self.retry("wipe storage", || async {
             self.storage.wipe(&volume).await?;
             self.storage.verify_wiped(&volume).await
         })
         .await;
+        self.hub.counters().wiped(started.elapsed());
         info!(%volume, "storage wiped and verified");
         if state.lease.take().is_some() {
             state.rentals_completed += 1;

@@ -173,6 +173,8 @@ pub struct Hub {
     rate: Arc<RateLimit>,
     /// The wait after wrong passphrases.
     passphrases: Arc<PassphraseBackoff>,
+    /// Check-ins and wipes, for the owner's page and `/metrics`.
+    counters: Arc<crate::metrics::Counters>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -195,6 +197,7 @@ impl Default for Hub {
             layer_on_volume: false,
             rate: Arc::default(),
             passphrases: Arc::default(),
+            counters: Arc::default(),
         }
     }
 }
@@ -236,6 +239,11 @@ impl Hub {
     /// The volume the renter's key requests apply to; None between rentals.
     pub fn set_volume(&self, volume: Option<String>) {
         self.inner.lock().unwrap().volume = volume;
+    }
+
+    /// Check-ins and wipes since the start.
+    pub fn counters(&self) -> &crate::metrics::Counters {
+        &self.counters
     }
 
     /// The rental's end, for the renter's notices; None between rentals.
