@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub connector: PathBuf,
     /// The owner's page's port when the config sets none (0: off).
     pub status_port: u16,
+    /// Name the host `p2pvps-<6 hex>` for mDNS (the image; never an owner's own machine).
+    pub set_hostname: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,8 +174,20 @@ async fn owners_page(
     storage_root: &Path,
     hub: &Hub,
 ) -> Option<crate::AbortOnDrop> {
+    let name = page::local_name(config.device_id.as_str());
+    if opts.set_hostname {
+        match crate::host::set_hostname(Path::new("/proc/sys/kernel/hostname"), &name) {
+            Ok(true) => info!(%name, "hostname set: the device answers as {name}.local"),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, %name, "cannot set the hostname; the .local name is not answered");
+            }
+        }
+    }
     let port = config.status_port.unwrap_or(opts.status_port);
+    let url_file = opts.state_dir.join(page::URL_FILE);
     if port == 0 {
+        let _ = std::fs::remove_file(&url_file);
         return None;
     }
     let listener = match page::bind(port).await {
@@ -183,12 +197,20 @@ async fn owners_page(
             return None;
         }
     };
+    // For `status` and the console: where the owner finds the page.
+    let url = match port {
+        80 => format!("http://{name}.local/"),
+        p => format!("http://{name}.local:{p}/"),
+    };
+    if let Err(e) = std::fs::write(&url_file, format!("{url}\n")) {
+        warn!(error = %e, path = %url_file.display(), "cannot note the page's address for status");
+    }
     let source = page::PageSource::new(
         opts.state_dir.clone(),
         storage_root.to_owned(),
         opts.config.clone(),
         hub.clone(),
-        page::local_name(config.device_id.as_str()),
+        name,
     );
     Some(crate::AbortOnDrop(tokio::spawn(page::serve(
         listener,
@@ -404,6 +426,7 @@ mod tests {
             notices: Vec::new(),
             connector: "/nonexistent/p2pvps-connector".into(),
             status_port: 0,
+            set_hostname: false,
         };
         (opts, act)
     }

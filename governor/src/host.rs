@@ -74,3 +74,27 @@ mod tests {
         assert!(limits.memory_bytes > 0 && limits.nano_cpus >= 500_000_000);
     }
 }
+
+/// Give this host the name `name` (until the next boot), so that its mDNS responder
+/// (systemd-resolved on the image) answers as `<name>.local`. Unchanged when it already has it.
+pub fn set_hostname(proc_hostname: &Path, name: &str) -> std::io::Result<bool> {
+    let current = std::fs::read_to_string(proc_hostname)?;
+    if current.trim() == name {
+        return Ok(false);
+    }
+    std::fs::write(proc_hostname, name)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod hostname_tests {
+    #[test]
+    fn the_name_is_written_only_when_it_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hostname");
+        std::fs::write(&file, "p2pvps\n").unwrap();
+        assert!(super::set_hostname(&file, "p2pvps-5a2608").unwrap());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "p2pvps-5a2608");
+        assert!(!super::set_hostname(&file, "p2pvps-5a2608").unwrap());
+    }
+}

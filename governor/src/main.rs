@@ -45,6 +45,10 @@ enum Command {
         /// image's unit sets 80).
         #[arg(long, default_value_t = 0)]
         status_port: u16,
+        /// Name the host `p2pvps-<first 6 hex of deviceId>`, for its `.local` name (the image's
+        /// unit sets it; an owner's own machine keeps its name).
+        #[arg(long)]
+        set_hostname: bool,
     },
     /// Show what the governor is doing.
     Status {
@@ -86,8 +90,10 @@ fn main() -> ExitCode {
             expiry_notices,
             connector,
             status_port,
+            set_hostname,
         } => run(RunOptions {
             status_port,
+            set_hostname,
             connector: connector
                 .unwrap_or_else(p2pvps_governor::sandbox::tunnel::default_connector),
             config,

@@ -39,6 +39,8 @@ pub struct StatusView {
     pub tunnel_key: Option<String>,
     /// Since when everything the next renter needs is in place, while the device is offered.
     pub ready_since: Option<DateTime<Utc>>,
+    /// Where the owner's page is (`http://p2pvps-….local/`), while the governor serves it.
+    pub page: Option<String>,
 }
 
 impl StatusView {
@@ -60,6 +62,7 @@ impl StatusView {
                 network_rules: None,
                 tunnel_key: None,
                 ready_since: None,
+                page: None,
             };
         };
         Self {
@@ -78,6 +81,7 @@ impl StatusView {
             network_rules: s.network_rules.clone(),
             tunnel_key: None,
             ready_since: s.ready_since.filter(|_| s.phase == Phase::Registering),
+            page: None,
         }
     }
 
@@ -97,6 +101,9 @@ impl StatusView {
         }
         if let Some(d) = &self.device_id {
             line("device", d);
+        }
+        if let Some(p) = &self.page {
+            line("owner's page", p);
         }
         if let Some(u) = &self.username {
             line("renter login", u);
@@ -187,6 +194,9 @@ pub fn load(store: &StateStore) -> Result<StatusView, StateError> {
     view.tunnel = std::fs::read(store.dir().join(TUNNEL_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    view.page = std::fs::read_to_string(store.dir().join(crate::page::URL_FILE))
+        .ok()
+        .map(|u| u.trim().to_owned());
     view.tunnel_key = std::fs::read_to_string(store.dir().join(PUBLIC_KEY_FILE))
         .ok()
         .map(|k| k.trim().to_owned());

@@ -85,6 +85,11 @@ async fn the_owners_page_follows_the_rental_shows_no_secret_and_is_out_of_the_re
     assert_eq!(v["phase"], "serving", "{v}");
     assert!(v["meaning"].as_str().unwrap().contains("Rented"), "{v}");
     assert_eq!(v["name"], format!("p2pvps-{}.local", &rig.device[..6]));
+    // `status` (and the console, which shows it) says where the page is.
+    assert_eq!(
+        common::status(&rig.state)["page"],
+        format!("http://p2pvps-{}.local:{port}/", &rig.device[..6])
+    );
     let left = v["rental"]["secondsLeft"].as_i64().unwrap();
     assert!((3000..=3600).contains(&left), "{v}");
     assert_eq!(v["tunnel"]["state"], "up", "{v}");

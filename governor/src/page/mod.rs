@@ -22,6 +22,8 @@ use crate::socket::Hub;
 
 pub mod view;
 
+/// The page's address (`http://<name>.local[:port]/`), in the state dir for `status`.
+pub const URL_FILE: &str = "page-url";
 /// At most this many connections at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 16;
 /// A request head must arrive whole within this time and size.
