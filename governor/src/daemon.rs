@@ -146,10 +146,10 @@ async fn run_with_led(
         opts.connector.clone(),
         hub.clone(),
     )));
-    let _page = owners_page(opts, &config, &storage_root, &hub).await;
     // Nothing ends by a clock that cannot be believed: a Pi has no real-time clock.
     let time = TimeSource::systemd(Path::new("/run"));
     let clock = SyncedClock::new(SystemClock, time.clone());
+    let _page = owners_page(opts, &config, &storage_root, &hub, clock.clone()).await;
     let market =
         Marketplace::new(&config.server_url, config.device_id.clone())?.with_time_source(time);
     let store = StateStore::new(&opts.state_dir);
@@ -173,6 +173,7 @@ async fn owners_page(
     config: &DeviceConfig,
     storage_root: &Path,
     hub: &Hub,
+    clock: SyncedClock<SystemClock>,
 ) -> Option<crate::AbortOnDrop> {
     let name = page::local_name(config.device_id.as_str());
     if opts.set_hostname {
@@ -211,6 +212,7 @@ async fn owners_page(
         opts.config.clone(),
         hub.clone(),
         name,
+        Box::new(move || clock.now()),
     );
     Some(crate::AbortOnDrop(tokio::spawn(page::serve(
         listener,

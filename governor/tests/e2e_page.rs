@@ -93,6 +93,12 @@ async fn the_owners_page_follows_the_rental_shows_no_secret_and_is_out_of_the_re
     let left = v["rental"]["secondsLeft"].as_i64().unwrap();
     assert!((3000..=3600).contains(&left), "{v}");
     assert_eq!(v["tunnel"]["state"], "up", "{v}");
+    // The rental's volume (a 64 MB file, loop-mounted): its space is shown.
+    let free = v["storage"]["freeBytes"]
+        .as_u64()
+        .expect("free space shown");
+    assert!((1..=64_000_000).contains(&free), "{v}");
+    assert!(v["storage"]["usedBytes"].is_u64(), "{v}");
     let log = v["log"].as_array().unwrap();
     assert!(
         log.iter()

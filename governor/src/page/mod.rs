@@ -45,7 +45,6 @@ pub enum PageError {
 }
 
 /// What the page shows, and where it reads it.
-#[derive(Debug)]
 pub struct PageSource {
     pub state_dir: PathBuf,
     /// Where the rentals' volumes are mounted (`<root>/<volume>`).
@@ -55,7 +54,19 @@ pub struct PageSource {
     pub hub: Hub,
     /// `p2pvps-<6 hex>.local`.
     pub name: String,
+    /// The governor's idea of now: the marketplace's time while the system clock is not
+    /// synchronised (a Pi has no real-time clock), so the time left is the rental's.
+    pub now: Box<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>,
     checks: Mutex<Checks>,
+}
+
+impl std::fmt::Debug for PageSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageSource")
+            .field("state_dir", &self.state_dir)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +84,7 @@ impl PageSource {
         config_path: PathBuf,
         hub: Hub,
         name: String,
+        now: Box<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>,
     ) -> Self {
         let check_env = CheckEnv {
             state_dir: state_dir.clone(),
@@ -85,6 +97,7 @@ impl PageSource {
             check_env,
             hub,
             name,
+            now,
             checks: Mutex::default(),
         }
     }

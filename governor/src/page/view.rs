@@ -124,7 +124,7 @@ pub fn gather(
     checks: Vec<check::Line>,
     checked_at: Option<DateTime<Utc>>,
 ) -> PageView {
-    let now = Utc::now();
+    let now = (source.now)();
     let v = load(source);
     let counted = source.hub.counters().get();
     let (used_bytes, free_bytes) = volume_space(source, &v);
@@ -192,7 +192,7 @@ pub fn sample(source: &PageSource) -> Sample {
         rental_seconds_left: v
             .expiration
             .filter(|_| live)
-            .map(|e| (e - Utc::now()).num_seconds().max(0)),
+            .map(|e| (e - (source.now)()).num_seconds().max(0)),
         tunnel_up: v.tunnel.as_ref().is_some_and(|t| t.state == "up"),
         renter_sessions: v.tunnel.as_ref().map_or(0, |t| t.sessions),
         storage_used_bytes,
@@ -204,15 +204,20 @@ pub fn sample(source: &PageSource) -> Sample {
     }
 }
 
-/// Bytes used and free on the rental's volume, while it is mounted.
+/// Bytes used and free on the rental's volume, while it is mounted (a USB volume's mount point is
+/// `<state>/mnt/<volume>`, a volume file's `<storage root>/<volume>`).
 fn volume_space(source: &PageSource, v: &StatusView) -> (Option<u64>, Option<u64>) {
     let Some(volume) = &v.storage_volume else {
         return (None, None);
     };
-    let path = source.storage_root.join(volume);
-    if !is_mount_point(&path) {
+    let Some(path) = [
+        source.state_dir.join("mnt").join(volume),
+        source.storage_root.join(volume),
+    ]
+    .into_iter()
+    .find(|p| is_mount_point(p)) else {
         return (None, None);
-    }
+    };
     match rustix::fs::statvfs(&path) {
         Ok(s) => {
             let used = s.f_blocks.saturating_sub(s.f_bfree) * s.f_frsize;
