@@ -189,6 +189,24 @@ pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 }
 
 pub fn load(store: &StateStore) -> Result<StatusView, StateError> {
+    let mut view = load_unverified(store)?;
+    if let Some(bridge) = view.network_rules.take() {
+        view.network_rules = Some(rules_text(&bridge));
+    }
+    Ok(view)
+}
+
+/// Whether the renter's network rules for `bridge` are in the kernel, in words (runs `nft`).
+pub fn rules_text(bridge: &str) -> String {
+    match NftFirewall::verify(bridge) {
+        Ok(()) => format!("in place (bridge {bridge})"),
+        Err(e) => format!("NOT IN PLACE: {e}"),
+    }
+}
+
+/// [`load`] without asking the kernel about the network rules: `network_rules` holds the bridge's
+/// name (the owner's page asks less often than it is read).
+pub fn load_unverified(store: &StateStore) -> Result<StatusView, StateError> {
     let mut view = StatusView::from_state(store.load()?.as_ref());
     // Written by the running governor; absent between rentals.
     view.tunnel = std::fs::read(store.dir().join(TUNNEL_FILE))
@@ -200,12 +218,6 @@ pub fn load(store: &StateStore) -> Result<StatusView, StateError> {
     view.tunnel_key = std::fs::read_to_string(store.dir().join(PUBLIC_KEY_FILE))
         .ok()
         .map(|k| k.trim().to_owned());
-    if let Some(bridge) = view.network_rules.take() {
-        view.network_rules = Some(match NftFirewall::verify(&bridge) {
-            Ok(()) => format!("in place (bridge {bridge})"),
-            Err(e) => format!("NOT IN PLACE: {e}"),
-        });
-    }
     if let Some(volume) = &view.storage_volume {
         view.storage_key = storage_key(store.dir(), volume).map(str::to_owned);
     }

@@ -31,6 +31,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_HEAD: usize = 8 * 1024;
 /// `check`'s lines are run again at most this often (they ask the marketplace and the endpoint).
 const CHECK_EVERY: Duration = Duration::from_mins(10);
+/// The network rules are asked of the kernel (`nft`) at most this often: a page left open must not
+/// cost a Pi a process every few seconds.
+const RULES_EVERY: Duration = Duration::from_mins(1);
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -58,6 +61,8 @@ pub struct PageSource {
     /// synchronised (a Pi has no real-time clock), so the time left is the rental's.
     pub now: Box<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>,
     checks: Mutex<Checks>,
+    /// The last network rules' text, for which bridge, and when.
+    rules: Mutex<Option<(String, String, tokio::time::Instant)>>,
 }
 
 impl std::fmt::Debug for PageSource {
@@ -99,6 +104,21 @@ impl PageSource {
             name,
             now,
             checks: Mutex::default(),
+            rules: Mutex::default(),
+        }
+    }
+
+    /// Whether the renter's network rules for `bridge` are in place, in words; asked of the kernel
+    /// at most every [`RULES_EVERY`].
+    fn rules(&self, bridge: &str) -> String {
+        let mut cached = self.rules.lock().unwrap();
+        match &*cached {
+            Some((b, text, at)) if b == bridge && at.elapsed() < RULES_EVERY => text.clone(),
+            _ => {
+                let text = crate::status::rules_text(bridge);
+                *cached = Some((bridge.to_owned(), text.clone(), tokio::time::Instant::now()));
+                text
+            }
         }
     }
 

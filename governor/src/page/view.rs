@@ -114,8 +114,10 @@ pub fn meaning(phase: &str) -> (&'static str, &'static str) {
 }
 
 fn load(source: &PageSource) -> StatusView {
-    status::load(&StateStore::new(&source.state_dir))
-        .unwrap_or_else(|_| StatusView::from_state(None))
+    let mut v = status::load_unverified(&StateStore::new(&source.state_dir))
+        .unwrap_or_else(|_| StatusView::from_state(None));
+    v.network_rules = v.network_rules.take().map(|bridge| source.rules(&bridge));
+    v
 }
 
 /// The page's content now.
