@@ -212,7 +212,8 @@ async fn owners_page(
         opts.config.clone(),
         hub.clone(),
         name,
-        Box::new(move || clock.now()),
+        // The time that decides the rental's end (the marketplace's until the clock is synchronised).
+        Box::new(move || clock.decision_time().unwrap_or_else(|| clock.now())),
     );
     Some(crate::AbortOnDrop(tokio::spawn(page::serve(
         listener,
