@@ -234,6 +234,8 @@ async fn follows_the_next_rental(rig: &Rig, base: &str, device: &str) {
     )
     .await;
     assert!(v["checkIns"]["ok"].as_u64().unwrap() >= 1, "{v}");
+    let ago = v["checkIns"]["secondsAgo"].as_i64().unwrap();
+    assert!((0..=10).contains(&ago), "{v}");
     let (_, metrics) = get(base, "/metrics").await;
     promtool(&metrics);
     assert!(

@@ -68,6 +68,9 @@ pub struct Storage {
 #[serde(rename_all = "camelCase")]
 pub struct CheckIns {
     pub last: Option<DateTime<Utc>>,
+    /// Seconds since the last check-in, by the wall clock that recorded it (which may be far off
+    /// before it is synchronised: the difference is still right).
+    pub seconds_ago: Option<i64>,
     pub last_error: Option<String>,
     pub ok: u64,
     pub failed: u64,
@@ -164,6 +167,9 @@ pub fn gather(
         network_rules: v.network_rules.clone(),
         check_ins: CheckIns {
             last: v.last_heartbeat,
+            seconds_ago: v
+                .last_heartbeat
+                .map(|at| (Utc::now() - at).num_seconds().max(0)),
             last_error: v.last_heartbeat_error.clone(),
             ok: counted.check_ins_ok,
             failed: counted.check_ins_failed,

@@ -16,8 +16,7 @@ function bytes(n) {
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 
-function ago(iso, now) {
-  const s = Math.round((new Date(now) - new Date(iso)) / 1000);
+function ago(s) {
   if (s < 60) return `${s} s ago`;
   if (s < 3600) return `${Math.floor(s / 60)} min ago`;
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min ago`;
@@ -44,7 +43,7 @@ function show(v) {
     set("sessions", "0");
   }
   const c = v.checkIns;
-  set("check-in", c.last ? `${ago(c.last, v.now)}${c.lastError ? ` (failed: ${c.lastError})` : " (ok)"}` : "none yet");
+  set("check-in", c.secondsAgo != null ? `${ago(c.secondsAgo)}${c.lastError ? ` (failed: ${c.lastError})` : " (ok)"}` : "none yet");
   set("check-ins", `${c.ok} ok, ${c.failed} failed since the governor started`);
   set("storage-key", v.storage.key || "no volume open");
   const used = bytes(v.storage.usedBytes), free = bytes(v.storage.freeBytes);
