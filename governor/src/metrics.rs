@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::state::Phase;
+
 /// Counters the lifecycle bumps; cheap to share (behind the hub's `Arc`).
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -45,16 +47,8 @@ impl Counters {
     }
 }
 
-/// The lifecycle's phases, each a value of `p2pvps_phase{phase="…"}` (1 for the current one).
-pub const PHASES: [&str; 7] = [
-    "not-started",
-    "preparing-storage",
-    "registering",
-    "provisioning",
-    "serving",
-    "expired",
-    "wiping",
-];
+/// What `p2pvps_phase` calls the time before the lifecycle's first phase.
+const NOT_STARTED: &str = "not-started";
 
 /// One device's figures at one instant, as `/metrics` shows them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -110,12 +104,13 @@ fn families(s: &Sample) -> [Family; 13] {
         help,
         samples,
     };
-    let phases = PHASES
-        .iter()
+    // Each phase a value of `p2pvps_phase{phase="…"}`: 1 for the current one.
+    let phases = std::iter::once(NOT_STARTED)
+        .chain(Phase::ALL.map(Phase::as_str))
         .map(|p| {
             (
                 with(&format!("phase=\"{p}\"")),
-                u8::from(*p == s.phase).to_string(),
+                u8::from(p == s.phase).to_string(),
             )
         })
         .collect();

@@ -45,6 +45,21 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the lifecycle's order.
+    pub const ALL: [Phase; 6] = [
+        Phase::PreparingStorage,
+        Phase::Registering,
+        Phase::Provisioning,
+        Phase::Serving,
+        Phase::Expired,
+        Phase::Wiping,
+    ];
+
+    /// Whether a rental is in force (its login being made, or served).
+    pub fn rented(self) -> bool {
+        matches!(self, Phase::Provisioning | Phase::Serving)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::PreparingStorage => "preparing-storage",

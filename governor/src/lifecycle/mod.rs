@@ -229,7 +229,7 @@ where
             state.device_id = device.clone();
             self.store.save(&state)?;
         }
-        if matches!(state.phase, Phase::Provisioning | Phase::Serving) && state.lease.is_none() {
+        if state.phase.rented() && state.lease.is_none() {
             warn!(
                 phase = state.phase.as_str(),
                 "state has no lease for this phase; ending it"
@@ -258,7 +258,7 @@ where
     }
 
     async fn step(&self, state: &mut State) -> Result<(), LifecycleError> {
-        let live = matches!(state.phase, Phase::Provisioning | Phase::Serving);
+        let live = state.phase.rented();
         // The tunnel runs while the device is listed (logged in, waiting for the port) and while a
         // rental is served (`publish_tunnel` starts it).
         if !live && state.phase != Phase::Registering {
@@ -292,7 +292,7 @@ where
         let Some(endpoint) = &self.settings.tunnel else {
             return;
         };
-        let live = matches!(state.phase, Phase::Provisioning | Phase::Serving);
+        let live = state.phase.rented();
         let port = state.lease.as_ref().filter(|_| live).map(|l| l.port.get());
         match self.runtime.address(id, &self.settings.network).await {
             Ok(Some(ip)) => self.hub.set_tunnel(Some(TunnelSettings {
@@ -311,7 +311,7 @@ where
 
     /// The expiration the connector announces to the renter, while a rental is live.
     fn publish_lease(&self, state: &State) {
-        let live = matches!(state.phase, Phase::Provisioning | Phase::Serving);
+        let live = state.phase.rented();
         self.hub.set_lease(
             state
                 .lease

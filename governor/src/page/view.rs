@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::PageSource;
 use crate::check;
 use crate::metrics::Sample;
-use crate::state::StateStore;
+use crate::state::{Phase, StateStore};
 use crate::status::{self, StatusView};
 
 #[derive(Debug, Serialize)]
@@ -142,14 +142,11 @@ pub fn gather(
         meaning,
         led,
         ready_since: v.ready_since,
-        rental: v
-            .expiration
-            .filter(|_| matches!(v.phase.as_str(), "provisioning" | "serving"))
-            .map(|ends| Rental {
-                ends,
-                seconds_left: (ends - now).num_seconds().max(0),
-                left: status::relative(ends, now),
-            }),
+        rental: rental_end(&v).map(|ends| Rental {
+            ends,
+            seconds_left: (ends - now).num_seconds().max(0),
+            left: status::relative(ends, now),
+        }),
         tunnel: v.tunnel.as_ref().map(|t| Tunnel {
             state: t.state.clone(),
             error: t.error.clone(),
@@ -194,13 +191,9 @@ pub fn gather(
 pub fn sample(source: &PageSource) -> Sample {
     let v = load(source);
     let (storage_used_bytes, storage_free_bytes) = volume_space(source, &v);
-    let live = matches!(v.phase.as_str(), "provisioning" | "serving");
     Sample {
         device_id: v.device_id.clone().unwrap_or_default(),
-        rental_seconds_left: v
-            .expiration
-            .filter(|_| live)
-            .map(|e| (e - (source.now)()).num_seconds().max(0)),
+        rental_seconds_left: rental_end(&v).map(|e| (e - (source.now)()).num_seconds().max(0)),
         tunnel_up: v.tunnel.as_ref().is_some_and(|t| t.state == "up"),
         renter_sessions: v.tunnel.as_ref().map_or(0, |t| t.sessions),
         storage_used_bytes,
@@ -210,6 +203,14 @@ pub fn sample(source: &PageSource) -> Sample {
         rss_bytes: crate::metrics::own_rss(),
         phase: v.phase,
     }
+}
+
+/// The end of the rental in force (the state keeps the last lease's until the wipe).
+fn rental_end(v: &StatusView) -> Option<DateTime<Utc>> {
+    let rented = Phase::ALL
+        .into_iter()
+        .any(|p| p.rented() && p.as_str() == v.phase);
+    v.expiration.filter(|_| rented)
 }
 
 /// Bytes used and free on the rental's volume, while it is mounted (a USB volume's mount point is
