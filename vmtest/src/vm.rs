@@ -217,6 +217,32 @@ impl VmBuilder {
         self
     }
 
+    /// What the governor's storage code runs: util-linux's mount (for `--make-shared`) and partx
+    /// (busybox has neither), blockdev for re-reading partition tables, and the LUKS2 helper
+    /// `p2pvps-luks` beside the guest binary, as beside the governor on a device. Cargo builds the
+    /// helper into the guest binary's directory (`cargo test --workspace` does; a run of this
+    /// package alone needs `cargo build -p p2pvps-luks` first).
+    ///
+    /// # Panics
+    /// When the helper is not built.
+    #[must_use]
+    pub fn storage_tools(self) -> Self {
+        let helper = self.guest.with_file_name("p2pvps-luks");
+        assert!(
+            helper.is_file(),
+            "{} is missing: build it first (cargo build -p p2pvps-luks, with --release for benches), or run cargo test --workspace",
+            helper.display()
+        );
+        self.binary("/usr/bin/mount", "/usr/bin/mount")
+            .binary("/usr/bin/umount", "/usr/bin/umount")
+            .binary("/usr/sbin/blockdev", "/usr/sbin/blockdev")
+            .binary("/usr/bin/partx", "/usr/bin/partx")
+            .binary(
+                helper,
+                &format!("{}/p2pvps-luks", crate::initramfs::GUEST_DIR),
+            )
+    }
+
     /// An extra shared library at its host path (for dlopen-ed ones).
     #[must_use]
     pub fn library(mut self, host: impl Into<PathBuf>) -> Self {

@@ -19,15 +19,9 @@ use p2pvps_vmtest::{Vm, VmBuilder};
 const GUEST: &str = env!("CARGO_BIN_EXE_vm-storage");
 const TIMEOUT: Duration = Duration::from_mins(5);
 
-/// util-linux's mount for `--make-shared` and partx (busybox has neither), blockdev for re-reading
-/// partition tables.
+/// The governor's storage tools (the LUKS2 helper among them) and the state disk.
 fn machine(state: &Path) -> VmBuilder {
-    VmBuilder::new(GUEST)
-        .state_disk(state)
-        .binary("/usr/bin/mount", "/usr/bin/mount")
-        .binary("/usr/bin/umount", "/usr/bin/umount")
-        .binary("/usr/sbin/blockdev", "/usr/sbin/blockdev")
-        .binary("/usr/bin/partx", "/usr/bin/partx")
+    VmBuilder::new(GUEST).state_disk(state).storage_tools()
 }
 
 /// Boot a VM running `scenario`.

@@ -1,273 +1,318 @@
-//! LUKS2 on the volume's partition, through libcryptsetup (libcryptsetup-rs): format with a random
-//! volume key, keyslots, activation, and the crypto-erase.
+//! LUKS2 on the volume's partition, through the helper `p2pvps-luks` (crate `luks/`): one
+//! short-lived process per operation. libcryptsetup, OpenSSL under it and the argon2 key
+//! derivation's memory live and die with the helper, not in this long-running daemon (they were
+//! 2.3 MiB of its resident memory on x86-64 and over 8 MiB on the Pi's aarch64). Keys and
+//! passphrases go to the helper on its stdin, in hex (the wire: `p2pvps_common::luks`).
 //!
-//! Keyslot 0 holds the device key (random, kept in the state dir, see `keys.rs`); the renter's
-//! passphrase goes in slot 1. The device key is 64 random bytes, so its slot uses PBKDF2 with the
-//! fewest iterations libcryptsetup allows: a slow KDF protects guessable passphrases, not random keys,
-//! and this keeps `prepare` and every reboot fast on a Pi. The renter's slot uses argon2id with
-//! libcryptsetup's benchmarked defaults (or cheap fixed costs in tests: [`PassphraseKdf::Fast`]).
+//! Keyslot [`DEVICE_SLOT`] holds the device key (random, kept in the state dir, see `keys.rs`);
+//! the renter's passphrase goes in [`RENTER_SLOT`]. There is no "erase" operation in
+//! libcryptsetup: [`Luks::erase`] destroys every keyslot, then the caller overwrites the whole
+//! header area, so the volume key is gone from the disk and the data left on it is noise.
 //!
-//! There is no "erase" call in libcryptsetup: [`erase`] destroys every keyslot, then the caller
-//! overwrites the whole header area (binary headers, JSON areas, keyslot areas), so the volume key
-//! is gone from the disk and the data left on it is noise.
-//!
-//! Every function opens its own `CryptDevice` and drops it before returning: they run on tokio's
-//! blocking pool, on any thread (the crate's `mutex` feature serialises the library calls).
+//! The calls block: they run on tokio's blocking pool.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
-use libcryptsetup_rs::consts::flags::{CryptActivate, CryptDeactivate, CryptPbkdf, CryptVolumeKey};
-use libcryptsetup_rs::consts::vals::{CryptKdf, CryptStatusInfo, EncryptionFormat, KeyslotInfo};
-use libcryptsetup_rs::{
-    CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsLuks2Ref, CryptPbkdfType, Either,
-    LibcryptErr,
-};
+pub use p2pvps_common::luks::{DEVICE_SLOT, PassphraseKdf, RENTER_SLOT};
+use p2pvps_common::luks::{ERRNO_PREFIX, EXIT_FAILED};
 
-/// The keyslot of the device key.
-pub const DEVICE_SLOT: u32 = 0;
-/// The keyslot of the renter's passphrase.
-pub const RENTER_SLOT: u32 = 1;
-/// LUKS2 has 32 keyslots.
-const MAX_SLOTS: u32 = 32;
-/// AES-256 in XTS mode takes two 256-bit keys.
-const VOLUME_KEY_BYTES: usize = 64;
-/// The LUKS2 label, shown by `cryptsetup luksDump` and blkid.
-const LABEL: &str = "p2pvps";
+/// Where packages and the image install the helper.
+pub const INSTALLED_HELPER: &str = "/usr/lib/p2pvps/p2pvps-luks";
 
 #[derive(Debug, thiserror::Error)]
-#[error("{device}: {action}: {source}")]
+#[error("{device}: {action}: {message}")]
 pub struct LuksError {
     pub device: PathBuf,
     pub action: &'static str,
-    #[source]
-    pub source: LibcryptErr,
+    /// The helper's reason (libcryptsetup's error), or why the helper could not run.
+    pub message: String,
+    errno: Option<i32>,
 }
 
 impl LuksError {
     /// libcryptsetup's errno, when the failure carries one.
     pub fn errno(&self) -> Option<i32> {
-        match &self.source {
-            LibcryptErr::IOError(e) => e.raw_os_error(),
-            _ => None,
-        }
+        self.errno
     }
 
     /// The key or passphrase given opens no keyslot (EPERM), or no keyslot is left (ENOENT).
     pub fn is_wrong_key(&self) -> bool {
-        matches!(self.errno(), Some(libc::EPERM | libc::ENOENT))
+        matches!(self.errno, Some(libc::EPERM | libc::ENOENT))
     }
 }
 
-/// How the renter's passphrase is stretched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PassphraseKdf {
-    /// argon2id, with the costs libcryptsetup benchmarks on this machine (about 2 s).
-    #[default]
-    Benchmarked,
-    /// argon2id with 32 MiB and 4 iterations, no benchmark: tests only (a VM under emulation takes
-    /// half a minute for the benchmark alone).
-    Fast,
+/// The helper that does the LUKS2 work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Luks {
+    helper: PathBuf,
 }
 
-impl PassphraseKdf {
-    fn pbkdf(self) -> Option<CryptPbkdfType> {
-        match self {
-            Self::Benchmarked => None,
-            Self::Fast => Some(CryptPbkdfType {
-                type_: CryptKdf::Argon2Id,
-                hash: Some("sha256".into()),
-                time_ms: 0,
-                iterations: 4,
-                max_memory_kb: 32 * 1024,
-                parallel_threads: 1,
-                flags: CryptPbkdf::NO_BENCHMARK,
-            }),
+impl Default for Luks {
+    fn default() -> Self {
+        Self::installed()
+    }
+}
+
+impl Luks {
+    pub fn new(helper: impl Into<PathBuf>) -> Self {
+        Self {
+            helper: helper.into(),
         }
     }
-}
 
-fn device_pbkdf() -> CryptPbkdfType {
-    CryptPbkdfType {
-        type_: CryptKdf::Pbkdf2,
-        hash: Some("sha256".into()),
-        time_ms: 0,
-        iterations: 1000,
-        max_memory_kb: 0,
-        parallel_threads: 0,
-        flags: CryptPbkdf::NO_BENCHMARK,
+    /// The helper beside this program (a build tree, the VM tests), else the installed one.
+    pub fn installed() -> Self {
+        let beside = std::env::current_exe()
+            .ok()
+            .map(|exe| exe.with_file_name("p2pvps-luks"))
+            .filter(|p| p.is_file());
+        Self::new(beside.unwrap_or_else(|| INSTALLED_HELPER.into()))
     }
-}
 
-fn err(device: &Path, action: &'static str) -> impl FnOnce(LibcryptErr) -> LuksError + use<> {
-    let device = device.to_owned();
-    move |source| LuksError {
-        device,
-        action,
-        source,
+    pub fn helper(&self) -> &Path {
+        &self.helper
     }
-}
 
-/// Open `device` and load its LUKS2 header.
-fn load(device: &Path) -> Result<CryptDevice, LuksError> {
-    let mut cd = CryptInit::init(device).map_err(err(device, "open"))?;
-    cd.context_handle()
-        .load::<()>(Some(EncryptionFormat::Luks2), None)
-        .map_err(err(device, "read the LUKS2 header"))?;
-    Ok(cd)
-}
+    /// Whether `device` starts with a LUKS2 header libcryptsetup can read.
+    pub fn has_header(&self, device: &Path) -> Result<bool, LuksError> {
+        let answer = self.call(
+            device,
+            "read the LUKS2 header",
+            &[&"has-header", &device],
+            &[],
+        )?;
+        Ok(answer == "yes")
+    }
 
-/// Whether `device` starts with a LUKS2 header libcryptsetup can read.
-pub fn has_header(device: &Path) -> bool {
-    load(device).is_ok()
-}
+    /// Format `device` as LUKS2 (aes-xts-plain64, a fresh random volume key) with `device_key` in
+    /// [`DEVICE_SLOT`].
+    pub fn format(&self, device: &Path, device_key: &[u8]) -> Result<(), LuksError> {
+        self.call(device, "format LUKS2", &[&"format", &device], &[device_key])
+            .map(drop)
+    }
 
-/// Format `device` as LUKS2 (aes-xts-plain64, a fresh random volume key) with `device_key` in
-/// [`DEVICE_SLOT`].
-pub fn format(device: &Path, device_key: &[u8]) -> Result<(), LuksError> {
-    let mut cd = CryptInit::init(device).map_err(err(device, "open"))?;
-    let params = CryptParamsLuks2 {
-        pbkdf: Some(device_pbkdf()),
-        integrity: None,
-        integrity_params: None,
-        data_alignment: 0,
-        data_device: None,
-        sector_size: 512,
-        label: Some(LABEL.into()),
-        subsystem: None,
-    };
-    let mut params_ref: CryptParamsLuks2Ref<'_> = (&params)
-        .try_into()
-        .map_err(err(device, "LUKS2 parameters"))?;
-    cd.context_handle()
-        .format(
-            EncryptionFormat::Luks2,
-            ("aes", "xts-plain64"),
-            None,
-            Either::Right(VOLUME_KEY_BYTES),
-            Some(&mut params_ref),
+    /// Map `device` as `/dev/mapper/<name>` with a key or passphrase; returns the keyslot it opened.
+    pub fn activate(&self, device: &Path, name: &str, key: &[u8]) -> Result<u32, LuksError> {
+        let slot = self.call(device, "unlock", &[&"activate", &device, &name], &[key])?;
+        parse_slot(device, "unlock", &slot)
+    }
+
+    /// The keyslot `key` opens, without mapping anything.
+    pub fn check_key(&self, device: &Path, key: &[u8]) -> Result<u32, LuksError> {
+        let slot = self.call(device, "check the key", &[&"check-key", &device], &[key])?;
+        parse_slot(device, "check the key", &slot)
+    }
+
+    /// Remove `/dev/mapper/<name>` (its filesystem must be unmounted). Nothing to do if it is absent.
+    pub fn deactivate(&self, name: &str) -> Result<(), LuksError> {
+        if !is_active(name) {
+            return Ok(());
+        }
+        let path = Path::new("/dev/mapper").join(name);
+        self.call(&path, "close", &[&"deactivate", &name], &[])
+            .map(drop)
+    }
+
+    /// Put `passphrase` in [`RENTER_SLOT`] (replacing what was there), unlocking with `existing` (the
+    /// device key or the current passphrase).
+    pub fn set_renter_passphrase(
+        &self,
+        device: &Path,
+        existing: &[u8],
+        passphrase: &[u8],
+        kdf: PassphraseKdf,
+    ) -> Result<(), LuksError> {
+        self.call(
+            device,
+            "set the passphrase",
+            &[&"set-passphrase", &device, &kdf.as_arg()],
+            &[existing, passphrase],
         )
-        .map_err(err(device, "format LUKS2"))?;
-    cd.settings_handle()
-        .set_pbkdf_type(&device_pbkdf())
-        .map_err(err(device, "set the device key's KDF"))?;
-    // The volume key generated by format() is still in the context.
-    cd.keyslot_handle()
-        .add_by_key(Some(DEVICE_SLOT), None, device_key, CryptVolumeKey::empty())
-        .map_err(err(device, "add the device keyslot"))?;
-    Ok(())
+        .map(drop)
+    }
+
+    /// Destroy keyslot `slot` if it is in use.
+    pub fn destroy_slot(&self, device: &Path, slot: u32) -> Result<(), LuksError> {
+        self.call(
+            device,
+            "destroy a keyslot",
+            &[&"destroy-slot", &device, &slot.to_string()],
+            &[],
+        )
+        .map(drop)
+    }
+
+    /// The keyslots in use.
+    pub fn active_slots(&self, device: &Path) -> Result<Vec<u32>, LuksError> {
+        let slots = self.call(
+            device,
+            "list the keyslots",
+            &[&"active-slots", &device],
+            &[],
+        )?;
+        slots
+            .split_whitespace()
+            .map(|s| parse_slot(device, "list the keyslots", s))
+            .collect()
+    }
+
+    /// Destroy every keyslot of the header on `device`; returns the header's size in bytes (where
+    /// the encrypted data starts), which the caller then overwrites. `None` when there is no
+    /// readable header (already erased).
+    pub fn erase(&self, device: &Path) -> Result<Option<u64>, LuksError> {
+        let answer = self.call(device, "erase the keyslots", &[&"erase", &device], &[])?;
+        if answer == "none" {
+            return Ok(None);
+        }
+        answer.parse().map(Some).map_err(|_| LuksError {
+            device: device.to_owned(),
+            action: "erase the keyslots",
+            message: format!("the helper answered {answer:?}, not a size"),
+            errno: None,
+        })
+    }
+
+    /// Run the helper with `args`, the `secrets` on its stdin; its answer (trimmed).
+    fn call(
+        &self,
+        device: &Path,
+        action: &'static str,
+        args: &[&dyn AsRefOsStr],
+        secrets: &[&[u8]],
+    ) -> Result<String, LuksError> {
+        let fail = |message: String, errno: Option<i32>| LuksError {
+            device: device.to_owned(),
+            action,
+            message,
+            errno,
+        };
+        let mut child = Command::new(&self.helper)
+            .args(args.iter().map(|a| a.os()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                fail(
+                    format!(
+                        "cannot run the LUKS helper {}: {e} (it is installed with the governor; reinstall the package or image)",
+                        self.helper.display()
+                    ),
+                    None,
+                )
+            })?;
+        let mut input = String::new();
+        for secret in secrets {
+            input.push_str(&hex::encode(secret));
+            input.push('\n');
+        }
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        // A helper that exits before reading (a malformed request) closes the pipe: its status
+        // and stderr say why, so a failed write is not the error to report.
+        let _ = stdin.write_all(input.as_bytes());
+        drop(stdin);
+        let out = child
+            .wait_with_output()
+            .map_err(|e| fail(format!("the LUKS helper did not finish: {e}"), None))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if out.status.success() {
+            return Ok(stdout);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let reason = stderr
+            .trim()
+            .strip_prefix("p2pvps-luks: ")
+            .unwrap_or(stderr.trim())
+            .to_owned();
+        let errno = (out.status.code() == Some(EXIT_FAILED))
+            .then(|| stdout.strip_prefix(ERRNO_PREFIX)?.parse().ok())
+            .flatten()
+            .filter(|&n| n != 0);
+        let message = if out.status.code() == Some(EXIT_FAILED) {
+            reason
+        } else {
+            format!("{reason} (the helper's {})", out.status)
+        };
+        Err(fail(message, errno))
+    }
 }
 
-/// Map `device` as `/dev/mapper/<name>` with a key or passphrase; returns the keyslot it opened.
-pub fn activate(device: &Path, name: &str, key: &[u8]) -> Result<u32, LuksError> {
-    let mut cd = load(device)?;
-    cd.activate_handle()
-        .activate_by_passphrase(Some(name), None, key, CryptActivate::empty())
-        .map_err(err(device, "unlock"))
+/// Arguments: paths and strings alike.
+trait AsRefOsStr {
+    fn os(&self) -> &std::ffi::OsStr;
 }
 
-/// The keyslot `key` opens, without mapping anything.
-pub fn check_key(device: &Path, key: &[u8]) -> Result<u32, LuksError> {
-    let mut cd = load(device)?;
-    cd.activate_handle()
-        .activate_by_passphrase(None, None, key, CryptActivate::empty())
-        .map_err(err(device, "check the key"))
+impl<T: AsRef<std::ffi::OsStr> + ?Sized> AsRefOsStr for T {
+    fn os(&self) -> &std::ffi::OsStr {
+        self.as_ref()
+    }
 }
 
-/// Whether `/dev/mapper/<name>` exists.
+fn parse_slot(device: &Path, action: &'static str, s: &str) -> Result<u32, LuksError> {
+    s.parse().map_err(|_| LuksError {
+        device: device.to_owned(),
+        action,
+        message: format!("the helper answered {s:?}, not a keyslot"),
+        errno: None,
+    })
+}
+
+/// Whether `/dev/mapper/<name>` exists: a device-mapper device of that name, as the kernel lists
+/// them in sysfs (no helper needed, and no udev: the VM tests have none).
 pub fn is_active(name: &str) -> bool {
-    matches!(
-        libcryptsetup_rs::status(None, name),
-        Ok(CryptStatusInfo::Active | CryptStatusInfo::Busy)
-    )
-}
-
-/// Remove `/dev/mapper/<name>` (its filesystem must be unmounted). Nothing to do if it is absent.
-pub fn deactivate(name: &str) -> Result<(), LuksError> {
-    if !is_active(name) {
-        return Ok(());
-    }
-    let path = Path::new("/dev/mapper").join(name);
-    let mut cd = CryptInit::init_by_name_and_header(name, None).map_err(err(&path, "open"))?;
-    cd.activate_handle()
-        .deactivate(name, CryptDeactivate::empty())
-        .map_err(err(&path, "close"))
-}
-
-/// Put `passphrase` in [`RENTER_SLOT`] (replacing what was there), unlocking with `existing` (the
-/// device key or the current passphrase).
-pub fn set_renter_passphrase(
-    device: &Path,
-    existing: &[u8],
-    passphrase: &[u8],
-    kdf: PassphraseKdf,
-) -> Result<(), LuksError> {
-    let mut cd = load(device)?;
-    if let Some(pbkdf) = kdf.pbkdf() {
-        cd.settings_handle()
-            .set_pbkdf_type(&pbkdf)
-            .map_err(err(device, "set the passphrase's KDF"))?;
-    }
-    let renter_set = slot_active(&mut cd, RENTER_SLOT);
-    let opened = cd
-        .activate_handle()
-        .activate_by_passphrase(None, None, existing, CryptActivate::empty())
-        .map_err(err(device, "check the current key"))?;
-    if renter_set && opened == RENTER_SLOT {
-        cd.keyslot_handle()
-            .change_by_passphrase(Some(RENTER_SLOT), Some(RENTER_SLOT), existing, passphrase)
-            .map_err(err(device, "change the passphrase"))?;
-    } else {
-        if renter_set {
-            cd.keyslot_handle()
-                .destroy(RENTER_SLOT)
-                .map_err(err(device, "remove the old passphrase"))?;
-        }
-        cd.keyslot_handle()
-            .add_by_passphrase(Some(RENTER_SLOT), existing, passphrase)
-            .map_err(err(device, "add the passphrase"))?;
-    }
-    Ok(())
-}
-
-/// Destroy keyslot `slot` if it is in use.
-pub fn destroy_slot(device: &Path, slot: u32) -> Result<(), LuksError> {
-    let mut cd = load(device)?;
-    if slot_active(&mut cd, slot) {
-        cd.keyslot_handle()
-            .destroy(slot)
-            .map_err(err(device, "destroy a keyslot"))?;
-    }
-    Ok(())
-}
-
-/// The keyslots in use.
-pub fn active_slots(device: &Path) -> Result<Vec<u32>, LuksError> {
-    let mut cd = load(device)?;
-    Ok((0..MAX_SLOTS)
-        .filter(|&s| slot_active(&mut cd, s))
-        .collect())
-}
-
-fn slot_active(cd: &mut CryptDevice, slot: u32) -> bool {
-    matches!(
-        cd.keyslot_handle().status(slot),
-        Ok(KeyslotInfo::Active | KeyslotInfo::ActiveLast)
-    )
-}
-
-/// Destroy every keyslot of the header on `device`; returns the header's size in bytes (where the
-/// encrypted data starts), which the caller then overwrites. `None` when there is no readable
-/// header (already erased).
-pub fn erase(device: &Path) -> Result<Option<u64>, LuksError> {
-    let Ok(mut cd) = load(device) else {
-        return Ok(None);
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return false;
     };
-    for slot in 0..MAX_SLOTS {
-        if slot_active(&mut cd, slot) {
-            cd.keyslot_handle()
-                .destroy(slot)
-                .map_err(err(device, "destroy a keyslot"))?;
-        }
+    entries.flatten().any(|e| {
+        std::fs::read_to_string(e.path().join("dm/name")).is_ok_and(|n| n.trim_end() == name)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_helper_is_named_with_what_to_do() {
+        let luks = Luks::new("/nonexistent/p2pvps-luks");
+        let e = luks.format(Path::new("/dev/sdz1"), &[1; 64]).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "/dev/sdz1: format LUKS2: cannot run the LUKS helper /nonexistent/p2pvps-luks"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("reinstall"), "{text}");
+        assert!(!e.is_wrong_key());
     }
-    Ok(Some(cd.status_handle().get_data_offset() * 512))
+
+    #[test]
+    fn the_helpers_errno_and_reason_come_back() {
+        // A stand-in helper that fails as the real one does for a wrong key.
+        let dir = tempfile::tempdir().unwrap();
+        let helper = dir.path().join("p2pvps-luks");
+        std::fs::write(
+            &helper,
+            "#!/bin/sh\ncat >/dev/null\necho 'errno 1'\necho 'p2pvps-luks: unlock: Operation not permitted' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let e = Luks::new(&helper)
+            .activate(Path::new("/dev/x"), "v", b"wrong")
+            .unwrap_err();
+        assert!(e.is_wrong_key(), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "/dev/x: unlock: unlock: Operation not permitted"
+        );
+    }
+
+    #[test]
+    fn no_mapper_device_of_a_name_never_used() {
+        assert!(!is_active("p2pvps-no-such-volume"));
+    }
 }

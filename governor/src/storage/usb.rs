@@ -55,7 +55,7 @@ use uuid::Uuid;
 
 use super::discover::{self, BlockGraph, HostPaths, human_size, read_trimmed};
 use super::keys::KeyDir;
-use super::luks::{self, PassphraseKdf};
+use super::luks::{self, Luks, PassphraseKdf};
 use super::mountinfo::{self, Mount};
 use super::{KeyHolder, KeyStatus, Storage, StorageError, VolumeKeys, io};
 use crate::command::run;
@@ -114,6 +114,7 @@ pub struct UsbStorage {
     encrypt: bool,
     keys: KeyDir,
     kdf: PassphraseKdf,
+    luks: Luks,
 }
 
 impl UsbStorage {
@@ -129,6 +130,7 @@ impl UsbStorage {
             host: HostPaths::default(),
             encrypt: false,
             kdf: PassphraseKdf::default(),
+            luks: Luks::installed(),
         }
     }
 
@@ -137,6 +139,13 @@ impl UsbStorage {
     pub fn encrypted(mut self, kdf: PassphraseKdf) -> Self {
         self.encrypt = true;
         self.kdf = kdf;
+        self
+    }
+
+    /// The LUKS2 helper to use (default: [`Luks::installed`]).
+    #[must_use]
+    pub fn with_luks(mut self, luks: Luks) -> Self {
+        self.luks = luks;
         self
     }
 
@@ -251,7 +260,7 @@ impl UsbStorage {
         self.unmount_volume(&info, id)?;
         if self.encrypt {
             // A half-made volume of this id from an interrupted prepare.
-            Self::close(id)?;
+            self.close(id)?;
         } else {
             warn!(
             disk = %self.disk.display(),
@@ -272,8 +281,9 @@ impl UsbStorage {
         let part = self.wait_partition(&info, want)?;
         let fs_dev = if self.encrypt {
             let key = self.keys.create(id)?;
-            luks::format(&part.node, &key)?;
-            luks::activate(&part.node, &Self::mapper_name(id), &key)?;
+            self.luks.format(&part.node, &key)?;
+            self.luks
+                .activate(&part.node, &Self::mapper_name(id), &key)?;
             self.wait_mapper(id)?
         } else {
             part.node.clone()
@@ -312,7 +322,7 @@ impl UsbStorage {
         let fs_dev = if self.encrypt {
             if !luks::is_active(&Self::mapper_name(id)) {
                 let Some(key) = self.keys.load(id)? else {
-                    if !luks::has_header(&part.node) {
+                    if !self.luks.has_header(&part.node)? {
                         return Err(self.device_err(format!(
                             "{} holds no LUKS2 header: not this rental's encrypted volume",
                             part.node.display()
@@ -321,7 +331,8 @@ impl UsbStorage {
                     self.mount_locked(&mount_point)?;
                     return Ok(mount_point);
                 };
-                luks::activate(&part.node, &Self::mapper_name(id), &key)?;
+                self.luks
+                    .activate(&part.node, &Self::mapper_name(id), &key)?;
             }
             self.wait_mapper(id)?
         } else {
@@ -377,11 +388,11 @@ impl UsbStorage {
     }
 
     /// Close volume `id`'s LUKS2 device, retrying while a process that just let go still holds it.
-    fn close(id: &str) -> Result<(), StorageError> {
+    fn close(&self, id: &str) -> Result<(), StorageError> {
         let name = Self::mapper_name(id);
         let mut tries = 0;
         loop {
-            match luks::deactivate(&name) {
+            match self.luks.deactivate(&name) {
                 Err(e) if e.errno() == Some(libc::EBUSY) && tries < BUSY_TRIES => {
                     tries += 1;
                     std::thread::sleep(BUSY_PAUSE);
@@ -530,10 +541,10 @@ impl UsbStorage {
     ) -> Result<(), StorageError> {
         let started = Instant::now();
         info!(disk = %self.disk.display(), "wiping: crypto-erase (close, destroy the LUKS2 keyslots and header)");
-        Self::close(id)?;
+        self.close(id)?;
         let mut span = ERASE_SPAN;
         if let Some(part) = partition(info)
-            && let Some(header) = luks::erase(&part.node)?
+            && let Some(header) = self.luks.erase(&part.node)?
         {
             span = span.max(part.start * 512 + header);
         }
@@ -1161,28 +1172,31 @@ impl UsbStorage {
                 ));
             }
         };
-        luks::set_renter_passphrase(
-            &part.node,
-            existing,
-            passphrase.expose().as_bytes(),
-            self.kdf,
-        )
-        .map_err(|e| {
-            if e.is_wrong_key() {
-                StorageError::Refused("the current passphrase is wrong".into())
-            } else {
-                e.into()
-            }
-        })?;
+        self.luks
+            .set_renter_passphrase(
+                &part.node,
+                existing,
+                passphrase.expose().as_bytes(),
+                self.kdf,
+            )
+            .map_err(|e| {
+                if e.is_wrong_key() {
+                    StorageError::Refused("the current passphrase is wrong".into())
+                } else {
+                    e.into()
+                }
+            })?;
         // Only once the new passphrase is proven to open the volume does the device let go.
-        let slot = luks::check_key(&part.node, passphrase.expose().as_bytes())?;
+        let slot = self
+            .luks
+            .check_key(&part.node, passphrase.expose().as_bytes())?;
         if slot != luks::RENTER_SLOT {
             return Err(self.device_err(format!(
                 "the new passphrase opened keyslot {slot}, not {}",
                 luks::RENTER_SLOT
             )));
         }
-        luks::destroy_slot(&part.node, luks::DEVICE_SLOT)?;
+        self.luks.destroy_slot(&part.node, luks::DEVICE_SLOT)?;
         self.keys.delete(id)?;
         info!(
             volume = id,
@@ -1205,18 +1219,19 @@ impl UsbStorage {
         }
         let info = self.disk_info()?;
         let part = self.our_partition(&info, id)?;
-        luks::activate(
-            &part.node,
-            &Self::mapper_name(id),
-            passphrase.expose().as_bytes(),
-        )
-        .map_err(|e| {
-            if e.is_wrong_key() {
-                StorageError::Refused("wrong passphrase".into())
-            } else {
-                e.into()
-            }
-        })?;
+        self.luks
+            .activate(
+                &part.node,
+                &Self::mapper_name(id),
+                passphrase.expose().as_bytes(),
+            )
+            .map_err(|e| {
+                if e.is_wrong_key() {
+                    StorageError::Refused("wrong passphrase".into())
+                } else {
+                    e.into()
+                }
+            })?;
         let node = self.wait_mapper(id)?;
         let mount_point = self.mount(&node, id)?;
         info!(mount_point = %mount_point.display(), "storage unlocked by the renter");

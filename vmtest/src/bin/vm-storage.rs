@@ -25,7 +25,7 @@ use p2pvps_governor::runtime::fake::FakeRuntime;
 use p2pvps_governor::socket::{self, Hub};
 use p2pvps_governor::state::{Phase, State, StateStore};
 use p2pvps_governor::storage::discover::{self, HostPaths};
-use p2pvps_governor::storage::luks::{self, PassphraseKdf};
+use p2pvps_governor::storage::luks::{self, Luks, PassphraseKdf};
 use p2pvps_governor::storage::{KeyHolder, Storage, UsbStorage, VolumeKeys};
 use p2pvps_governor::types::DeviceId;
 use p2pvps_governor::types::Secret;
@@ -216,10 +216,12 @@ async fn crash_mid_wipe() -> Result<()> {
         .status()
         .is_ok_and(|s| s.success())
     {}
-    luks::deactivate(&UsbStorage::mapper_name(VOLUME)).map_err(s)?;
-    luks::erase(&part).map_err(s)?;
+    let luks = Luks::installed();
+    luks.deactivate(&UsbStorage::mapper_name(VOLUME))
+        .map_err(s)?;
+    luks.erase(&part).map_err(s)?;
     check(
-        luks::active_slots(&part).map_err(s)?.is_empty(),
+        luks.active_slots(&part).map_err(s)?.is_empty(),
         "keyslots destroyed before the cut",
     )?;
     println!("simulating a power cut mid-wipe");
@@ -231,7 +233,10 @@ async fn resume_wipe() -> Result<()> {
     let disk = usb_disk(Duration::from_secs(30)).await?;
     let usb = storage(disk.clone());
     wipe_and_verify(&usb, "resumed wipe + verify").await?;
-    check(!luks::has_header(&disk), "no LUKS header on the drive")?;
+    check(
+        !Luks::installed().has_header(&disk).map_err(s)?,
+        "no LUKS header on the drive",
+    )?;
     let part = PathBuf::from(format!("{}1", disk.display()));
     check(!part.exists(), "the partition is gone")?;
     // The next renter's volume on the same drive.
@@ -284,7 +289,7 @@ async fn pulled_drive() -> Result<()> {
     )?;
     wipe_and_verify(&usb, "wipe after the replug").await?;
     check(
-        !luks::has_header(&back),
+        !Luks::installed().has_header(&back).map_err(s)?,
         "no LUKS header on the returned drive",
     )?;
     check(!usb.key_path(VOLUME).exists(), "the device key is deleted")?;
