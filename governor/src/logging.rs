@@ -10,7 +10,7 @@ use std::fmt;
 use std::io::IsTerminal as _;
 
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -20,9 +20,16 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 /// hyper, h2 and reqwest log every frame at TRACE/DEBUG: keep them quiet unless asked.
 const DEFAULT_FILTER: &str = "info,hyper=warn,h2=warn,reqwest=warn,bollard=warn,rustls=warn";
 
+/// `RUST_LOG` as `level,target=level,…` (tracing's `Targets`: no span or field filters, so the
+/// daemon carries no regex engine); the default when it is unset or does not parse.
+fn filter(rust_log: Option<&str>) -> Targets {
+    rust_log
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| DEFAULT_FILTER.parse().expect("the default filter parses"))
+}
+
 pub fn init() {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref());
     let registry = tracing_subscriber::registry().with(filter).with(Recent);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         registry
@@ -152,6 +159,22 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::JournalLine;
+
+    #[test]
+    fn the_filter_keeps_the_chatty_crates_quiet_unless_asked() {
+        use tracing::Level;
+        let default = super::filter(None);
+        assert!(default.would_enable("p2pvps_governor::lifecycle", &Level::INFO));
+        assert!(!default.would_enable("p2pvps_governor::lifecycle", &Level::DEBUG));
+        assert!(!default.would_enable("hyper::proto", &Level::INFO));
+        assert!(default.would_enable("hyper::proto", &Level::WARN));
+        let asked = super::filter(Some("warn,p2pvps_governor=debug"));
+        assert!(asked.would_enable("p2pvps_governor::storage", &Level::DEBUG));
+        assert!(!asked.would_enable("bollard", &Level::INFO));
+        // What does not parse leaves the default, not silence.
+        let bad = super::filter(Some("=[{"));
+        assert!(bad.would_enable("p2pvps_governor", &Level::INFO));
+    }
 
     #[derive(Clone, Default)]
     struct Lines(Arc<Mutex<Vec<u8>>>);
