@@ -106,9 +106,10 @@ pub async fn run(config_path: &Path, env: &CheckEnv) -> Vec<Line> {
     )];
     lines.push(clock(env));
     lines.extend(wifi(&config, env));
-    lines.extend(docker(&config).await);
+    let (docker_lines, engine_root) = docker(&config).await;
+    lines.extend(docker_lines);
     lines.push(sandbox(env));
-    lines.push(storage(&config, env));
+    lines.push(storage(&config, env, engine_root));
     lines.push(dm_crypt(&config, env));
     lines.push(server(&config).await);
     lines.push(tunnel(&config).await);
@@ -159,23 +160,26 @@ fn clock(env: &CheckEnv) -> Line {
     }
 }
 
-async fn docker(config: &DeviceConfig) -> Vec<Line> {
+/// The engine's lines, and its data root when it answers.
+async fn docker(config: &DeviceConfig) -> (Vec<Line>, Option<PathBuf>) {
     let connect = tokio::time::timeout(Duration::from_secs(10), DockerRuntime::connect()).await;
     let rt = match connect {
         Ok(Ok(rt)) => rt,
         Ok(Err(e)) => {
-            return vec![Line::fail(
+            let fail = Line::fail(
                 "docker",
                 e.to_string(),
                 "start the engine: `systemctl start docker`",
-            )];
+            );
+            return (vec![fail], None);
         }
         Err(_) => {
-            return vec![Line::fail(
+            let fail = Line::fail(
                 "docker",
                 "no answer within 10 s",
                 "restart the engine: `systemctl restart docker`",
-            )];
+            );
+            return (vec![fail], None);
         }
     };
     let engine = Line::ok("docker", "engine reachable");
@@ -217,11 +221,9 @@ async fn docker(config: &DeviceConfig) -> Vec<Line> {
             ),
         },
     };
-    vec![engine, userns, image]
+    (vec![engine, userns, image], Some(rt.root_dir().to_owned()))
 }
 
-/// The renter's network rules: in the kernel for the bridge the governor last used, or (before the
-/// first rental) nftables at least answers.
 /// With `wifiSsid` in the config: is there a radio, and is it connected (the passphrase is not shown).
 fn wifi(config: &DeviceConfig, env: &CheckEnv) -> Option<Line> {
     let wifi = config.wifi.as_ref()?;
@@ -255,6 +257,8 @@ fn wifi(config: &DeviceConfig, env: &CheckEnv) -> Option<Line> {
     })
 }
 
+/// The renter's network rules: in the kernel for the bridge the governor last used, or (before the
+/// first rental) nftables at least answers.
 fn sandbox(env: &CheckEnv) -> Line {
     let fix = "the governor puts them in place before the renter's container starts: see its log (`journalctl -u p2pvps-governor`); `nft` must be installed and the kernel have nf_tables";
     let bridge = StateStore::new(&env.state_dir)
@@ -280,8 +284,12 @@ fn sandbox(env: &CheckEnv) -> Line {
     }
 }
 
-fn storage(config: &DeviceConfig, env: &CheckEnv) -> Line {
-    match discover::find(&env.host, &env.state_dir, &config.storage_device) {
+/// The drive the governor would take; a drive it already uses for the rental counts as found (the
+/// renter container's layer is mounted from it below the engine's data root, `engine_root`).
+fn storage(config: &DeviceConfig, env: &CheckEnv, engine_root: Option<PathBuf>) -> Line {
+    let mut host = env.host.clone();
+    host.own_mounts.extend(engine_root);
+    match discover::find(&host, &env.state_dir, &config.storage_device) {
         Ok(None) => Line::ok(
             "storage",
             "a directory on the state partition (storageDevice: none)",
