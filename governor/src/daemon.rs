@@ -174,7 +174,7 @@ async fn owners_page(
     storage_root: &Path,
     hub: &Hub,
     clock: SyncedClock<SystemClock>,
-) -> Option<crate::AbortOnDrop> {
+) -> Option<PageTask> {
     let name = page::local_name(config.device_id.as_str());
     if opts.set_hostname {
         match crate::host::set_hostname(Path::new("/proc/sys/kernel/hostname"), &name) {
@@ -215,10 +215,22 @@ async fn owners_page(
         // The time that decides the rental's end (the marketplace's until the clock is synchronised).
         Box::new(move || clock.decision_time().unwrap_or_else(|| clock.now())),
     );
-    Some(crate::AbortOnDrop(tokio::spawn(page::serve(
-        listener,
-        Arc::new(source),
-    ))))
+    Some(PageTask {
+        _serving: crate::AbortOnDrop(tokio::spawn(page::serve(listener, Arc::new(source)))),
+        url_file,
+    })
+}
+
+/// The page while it is served; when the governor stops, `status` no longer names its address.
+struct PageTask {
+    _serving: crate::AbortOnDrop,
+    url_file: PathBuf,
+}
+
+impl Drop for PageTask {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.url_file);
+    }
 }
 
 /// The device's key for the tunnel endpoint (`sshKey`), made on the first start when asked. A key

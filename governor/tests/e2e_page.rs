@@ -146,6 +146,14 @@ async fn the_owners_page_follows_the_rental_shows_no_secret_and_is_out_of_the_re
     read_only_and_out_of_the_renters_reach(&rig, &base, port).await;
 
     follows_the_next_rental(&rig, &base, &device).await;
+
+    // Stopped, the governor no longer has a page: `status` stops naming it.
+    let mut rig = rig;
+    assert!(rig.stop().success());
+    assert!(
+        common::status(&rig.state)["page"].is_null(),
+        "the page's address outlived the governor"
+    );
 }
 
 /// No secret anywhere: the renter's name and password, the stored hash, the tunnel's password.

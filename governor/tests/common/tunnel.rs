@@ -102,6 +102,18 @@ impl Rig {
         self.governor.as_ref().unwrap().0.id()
     }
 
+    /// Stop the governor as systemd does (SIGTERM) and wait for it; its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut governor = self.governor.take().expect("the governor runs");
+        let pid = governor.0.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        governor.0.wait().unwrap()
+    }
+
     /// The marketplace ends the current rental now.
     pub async fn expire(&self) {
         let r = super::http()
