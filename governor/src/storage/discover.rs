@@ -350,7 +350,8 @@ struct Scan {
     graph: BlockGraph,
     /// Disk name -> the system paths it holds (`/`, `/boot/firmware`, the state dir).
     system: BTreeMap<String, BTreeSet<String>>,
-    /// Disk name -> mount points of it that are not the governor's (outside `<state_dir>/mnt`).
+    /// Disk name -> mount points of it that are not the governor's (outside its state dir and
+    /// `own_mounts`).
     foreign: BTreeMap<String, BTreeSet<String>>,
 }
 
@@ -370,8 +371,10 @@ impl Scan {
                 }
             }
         }
-        // The governor's own mounts: the renter's views and the volumes (usb.rs), the renter container's layer.
-        let mut ours = vec![state_dir.join("mnt"), state_dir.join("vol")];
+        // The governor's own mounts: anything under its state dir (the volumes and the renter's
+        // views, usb.rs; on the image also the engine's data, bound to /var/lib/docker, where the
+        // renter container's layer mounts show up again by propagation), and the engine's data root.
+        let mut ours = vec![state_dir.clone()];
         ours.extend(paths.own_mounts.iter().cloned());
         let mut foreign: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for m in &graph.mounts {
@@ -869,6 +872,21 @@ mod tests {
         h.mount((253, 0), upper, "ext4", "/dev/mapper/p2pvps-v1");
         let e = auto(&h).unwrap_err().to_string();
         assert!(e.contains(&format!("mounted at {upper}")), "{e}");
+        // On the image the engine's data lies in the state dir, bound to /var/lib/docker: the
+        // layer's mounts appear under both paths.
+        let merged = "/overlay2/0f3a/merged";
+        h.mount(
+            (253, 0),
+            &format!("/var/lib/docker/100000.100000{merged}"),
+            "overlay",
+            "overlay",
+        );
+        h.mount(
+            (253, 0),
+            &format!("{STATE}/docker/100000.100000{merged}"),
+            "overlay",
+            "overlay",
+        );
         let mut paths = h.paths();
         paths.own_mounts.push("/var/lib/docker".into());
         assert_eq!(find_usb(&paths, Path::new(STATE)).unwrap().name, "sda");
