@@ -16,6 +16,7 @@ use crate::notify::Notifier;
 use crate::page;
 use crate::runtime::{DockerRuntime, Limits};
 use crate::sandbox::{NftFirewall, tunnel};
+use crate::slots;
 use crate::socket::{self, Hub, SocketError, TunnelEndpoint};
 use crate::state::Phase;
 use crate::state::StateStore;
@@ -72,6 +73,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
     }));
     let _keepalive = notifier.spawn_keepalive().map(crate::AbortOnDrop);
     notifier.ready();
+    spawn_mark_slot_good();
     // Until the config says otherwise, the board's own LED (every Pi has one; elsewhere none).
     let mut led = led::spawn(led::open(&Led::Act, &opts.led_root));
     let result = run_with_led(&opts, shutdown, &mut led, &notifier).await;
@@ -82,6 +84,20 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         info!("the board LED flashes briefly every 2 s: device-config.json is invalid");
     }
     result
+}
+
+/// The running root slot came up as far as the governor: it keeps its boot tries (RAUC marks it
+/// good; without that, U-Boot's boot script would pass it over after three boots). Off the main
+/// path: RAUC's service starts on demand.
+fn spawn_mark_slot_good() {
+    if !slots::present() {
+        return;
+    }
+    tokio::task::spawn_blocking(|| match slots::mark_good().and_then(|()| slots::status()) {
+        Ok(Some(s)) => info!(slots = %s.summary(), "root slot marked good"),
+        Ok(None) => {}
+        Err(e) => warn!(error = %e, "could not mark the running root slot good"),
+    });
 }
 
 async fn run_with_led(

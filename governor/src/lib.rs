@@ -16,6 +16,7 @@ pub mod notify;
 pub mod page;
 pub mod runtime;
 pub mod sandbox;
+pub mod slots;
 pub mod socket;
 pub mod state;
 pub mod status;
