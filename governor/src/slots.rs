@@ -118,13 +118,8 @@ pub fn mark_good() -> Result<(), SlotsError> {
 mod tests {
     use super::*;
 
-    /// What RAUC 1.13 printed on the image (slot B empty, never installed).
-    const STATUS: &str = r#"{"compatible":"p2pvps-qemu-aarch64","variant":"","booted":"A",
-        "boot_primary":"rootfs.0","slots":[{"rootfs.0":{"class":"rootfs","device":"/dev/vda2",
-        "type":"ext4","bootname":"A","state":"booted","parent":null,"mountpoint":"/",
-        "boot_status":"good"}},{"rootfs.1":{"class":"rootfs","device":"/dev/vda3","type":"ext4",
-        "bootname":"B","state":"inactive","parent":null,"mountpoint":null,"boot_status":"bad"}}],
-        "artifact-repositories":[]}"#;
+    /// What RAUC 1.13 printed on the image's first boot (slot B empty, never installed).
+    const STATUS: &str = r#"{"compatible":"p2pvps-qemu-aarch64","variant":"","booted":"A","boot_primary":"rootfs.0","slots":[{"rootfs.1":{"class":"rootfs","device":"/dev/disk/by-partuuid/2edbec05-03","type":"ext4","bootname":"B","state":"inactive","parent":null,"mountpoint":null,"boot_status":"bad"}},{"rootfs.0":{"class":"rootfs","device":"/dev/disk/by-partuuid/2edbec05-02","type":"ext4","bootname":"A","state":"booted","parent":null,"mountpoint":null,"boot_status":"good"}}],"artifact-repositories":[]}"#;
 
     #[test]
     fn reads_rauc_status() {
