@@ -41,9 +41,6 @@ pub struct SlotStatus {
 pub struct Slot {
     #[serde(default)]
     pub bootname: Option<String>,
-    /// `booted`, `active` or `inactive`.
-    #[serde(default)]
-    pub state: Option<String>,
     /// `good` or `bad` (whether it has boot tries left).
     #[serde(default)]
     pub boot_status: Option<String>,

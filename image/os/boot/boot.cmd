@@ -22,14 +22,6 @@ if fatload ${devtype} ${devnum}:1 ${ramdisk_addr_r} ${p2pvps_env}; then
 else
     echo "p2pvps: no ${p2pvps_env}: slot A first"
 fi
-# The kernel's command line: the board's (board/*/cmdline.txt), then the slot's root. cmdline.env, if
-# there is one, may replace the board's part (`cmdline=…`) and add to the end (`extra_args=…`):
-# scripts/run-qemu writes one for QEMU's Pis, whose consoles differ from a real Pi's.
-setenv cmdline "@CMDLINE@"
-setenv extra_args
-if fatload ${devtype} ${devnum}:1 ${ramdisk_addr_r} cmdline.env; then
-    env import -t ${ramdisk_addr_r} ${filesize} cmdline extra_args
-fi
 for s in ${BOOT_ORDER}; do
     setenv left
     if test "${s}" = A; then setenv left ${BOOT_A_LEFT}; setenv part 2; fi
@@ -42,7 +34,7 @@ for s in ${BOOT_ORDER}; do
         echo "p2pvps: booting slot ${s} (partition ${part}); ${left} tries left after this one"
         if ext4load ${devtype} ${devnum}:${part} ${kernel_addr_r} /boot/Image; then
             if ext4load ${devtype} ${devnum}:${part} ${ramdisk_addr_r} /boot/initrd.img; then
-                setenv bootargs "${cmdline} root=PARTUUID=@DISK_ID@-0${part} rauc.slot=${s} ${extra_args}"
+                setenv bootargs "@CMDLINE@ root=PARTUUID=@DISK_ID@-0${part} rauc.slot=${s}"
                 booti ${kernel_addr_r} ${ramdisk_addr_r}:${filesize} ${fdt_addr}
             fi
         fi
