@@ -27,6 +27,11 @@
 //! | `PUT /admin/expiration/{id}`, body `{"expiration": ISO}` | sets the lease's expiration (past or future): `{"expiration": ISO}` |
 //! | `GET /admin/fault` / `PUT /admin/fault`, body `{"mode": "none" \| "error" \| "hang"}` | fault injection on `/api/client/*`: `error` answers 500 `Internal server error (injected)`, `hang` never answers until the mode changes; `none` is normal. Answers `{"mode": …}` |
 //!
+//! # Files
+//!
+//! With [`Options::files`] (`--files DIR`), `GET /files/{path}` serves DIR's files, with byte
+//! ranges (206): the update tests publish manifests and bundles there.
+//!
 //! # State
 //!
 //! With [`Options::state_file`] the devices and leases are saved as JSON after every change
@@ -36,6 +41,7 @@ mod admin;
 mod api;
 mod error;
 mod fault;
+mod files;
 mod id;
 mod persist;
 mod store;
@@ -65,6 +71,8 @@ pub struct Options {
     pub first_port: u16,
     /// Where devices and leases are saved; `None` keeps them in memory only.
     pub state_file: Option<PathBuf>,
+    /// A directory served at `/files/…` (update manifests and bundles, with byte ranges).
+    pub files: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -74,6 +82,7 @@ impl Default for Options {
             lease: Duration::from_hours(24),
             first_port: 6000,
             state_file: None,
+            files: None,
         }
     }
 }
@@ -127,7 +136,10 @@ pub async fn spawn(listen: SocketAddr, options: Options) -> Result<Running, DevS
         fault,
         shutdown: shutdown_rx.clone(),
     });
-    let app = api::router(state);
+    let mut app = api::router(state);
+    if let Some(dir) = options.files.clone() {
+        app = app.merge(files::router(dir));
+    }
     let mut stop_rx = shutdown_rx;
     let task = tokio::spawn(async move {
         let stopped = async move {

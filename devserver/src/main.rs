@@ -30,6 +30,9 @@ struct Cli {
     /// JSON file keeping devices and leases across restarts.
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
+    /// Serve this directory's files at /files/… (update manifests and bundles; byte ranges).
+    #[arg(long, value_name = "DIR")]
+    files: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -59,6 +62,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         lease: Duration::from_secs(cli.lease_seconds),
         first_port: cli.first_port,
         state_file: cli.state,
+        files: cli.files,
     };
     let running = p2pvps_devserver::spawn(cli.listen, options).await?;
     let mut stdout = std::io::stdout().lock();

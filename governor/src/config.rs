@@ -50,6 +50,7 @@ const KEYS: &[&str] = &[
     "wifiPassphrase",
     "wifiCountry",
     "statusPort",
+    "updateUrl",
 ];
 
 /// The renter's volume with `storageDevice: "none"`, in MiB: room for a renter, without taking a
@@ -157,6 +158,8 @@ pub struct DeviceConfig {
     pub wifi: Option<Wifi>,
     /// The owner's page's port (`statusPort`; 0 turns it off); None: the governor's default.
     pub status_port: Option<u16>,
+    /// The update manifest (`updateUrl`): system updates are off without it (`update/`).
+    pub update_url: Option<Url>,
 }
 
 impl DeviceConfig {
@@ -268,6 +271,13 @@ impl DeviceConfig {
                 Some(0) => "0 (the owner's page is off)".to_owned(),
                 Some(p) => p.to_string(),
             },
+        );
+        line(
+            "updateUrl",
+            &self
+                .update_url
+                .as_ref()
+                .map_or_else(|| "(none: no system updates)".to_owned(), Url::to_string),
         );
         line("renterImage", &self.renter_image);
         if let Some(tar) = &self.renter_image_tar {
@@ -442,6 +452,21 @@ impl Reader<'_> {
                 }
             },
         };
+        let update_url = self
+            .string("updateUrl")?
+            .map(|u| match Url::parse(&u) {
+                Ok(url) if matches!(url.scheme(), "https" | "http") && url.host().is_some() => {
+                    Ok(url)
+                }
+                _ => Err(self.invalid(
+                    "updateUrl",
+                    format!(
+                        "must be the https:// address of an update manifest, got {:?}",
+                        shorten(&u)
+                    ),
+                )),
+            })
+            .transpose()?;
         Ok(DeviceConfig {
             device_id,
             server_url,
@@ -462,6 +487,7 @@ impl Reader<'_> {
             storage_size_mb,
             wifi,
             status_port,
+            update_url,
         })
     }
 

@@ -22,6 +22,7 @@ pub mod state;
 pub mod status;
 pub mod storage;
 pub mod types;
+pub mod update;
 pub mod wifi;
 
 /// Exit status for a bad device-config.json (sysexits' EX_CONFIG); the systemd unit does not restart

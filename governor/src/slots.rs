@@ -111,6 +111,51 @@ pub fn mark_good() -> Result<(), SlotsError> {
     Ok(())
 }
 
+/// Make the running slot the one that boots next (after a slot that failed its trial).
+pub fn mark_active() -> Result<(), SlotsError> {
+    command::run(RAUC, ["status", "mark-active", "booted"])?;
+    Ok(())
+}
+
+/// What a bundle says about itself, once RAUC has checked its signature against the image's
+/// keyring (`rauc info`): nothing of an unsigned or foreign bundle gets this far.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BundleInfo {
+    pub compatible: String,
+    pub version: String,
+}
+
+impl BundleInfo {
+    pub fn parse(json: &str) -> Result<Self, SlotsError> {
+        serde_json::from_str(json).map_err(|e| SlotsError::Parse(e, json.trim().to_owned()))
+    }
+}
+
+/// Check the bundle at `path` (signature, manifest) without writing anything.
+pub fn bundle_info(path: &Path) -> Result<BundleInfo, SlotsError> {
+    let json = command::run(
+        RAUC,
+        [
+            "info".as_ref(),
+            "--output-format=json".as_ref(),
+            path.as_os_str(),
+        ],
+    )?;
+    BundleInfo::parse(&json)
+}
+
+/// Write the bundle at `path` to the other slot and make that slot boot next (RAUC checks the
+/// signature again as it installs). Minutes: the slot is written in full.
+pub fn install(path: &Path) -> Result<(), SlotsError> {
+    command::run(RAUC, ["install".as_ref(), path.as_os_str()])?;
+    Ok(())
+}
+
+/// The slot that is not `slot` (`A` <-> `B`).
+pub fn other(slot: &str) -> &'static str {
+    if slot == "A" { "B" } else { "A" }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +170,16 @@ mod tests {
         assert_eq!(s.primary_bootname(), Some("A"));
         assert_eq!(s.slots().count(), 2);
         assert_eq!(s.summary(), "slot A (next boot: A; B bad)");
+    }
+
+    #[test]
+    fn reads_rauc_info() {
+        // As RAUC 1.13 prints it for a bundle of scripts/build-bundle.
+        let info = BundleInfo::parse(r#"{"compatible":"p2pvps-qemu-aarch64","version":"0.9.2","description":"P2P VPS image for qemu-aarch64","build":"20261207","hooks":[],"hash":"ab","images":[{"rootfs":{"variant":null,"filename":"root.ext4","checksum":"cd","size":1073741824,"hooks":[]}}]}"#).unwrap();
+        assert_eq!(info.compatible, "p2pvps-qemu-aarch64");
+        assert_eq!(info.version, "0.9.2");
+        assert_eq!(other("A"), "B");
+        assert_eq!(other("B"), "A");
     }
 
     #[test]

@@ -179,35 +179,42 @@ impl StateStore {
 
     /// Replace the state atomically and durably.
     pub fn save(&self, state: &State) -> Result<(), StateError> {
-        let path = self.path();
-        let tmp = self.dir.join(format!(".{FILE_NAME}.tmp"));
-        let io = |action: &'static str, p: &Path| {
-            let p = p.to_owned();
-            move |source| StateError::Io {
-                path: p,
-                action,
-                source,
-            }
-        };
-        std::fs::create_dir_all(&self.dir).map_err(io("create the state dir", &self.dir))?;
         let json = serde_json::to_vec_pretty(state).expect("state serialises");
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io("create", &tmp))?;
-            f.write_all(&json).map_err(io("write", &tmp))?;
-            f.sync_all().map_err(io("fsync", &tmp))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io("rename into place", &path))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync the state dir", &self.dir))
+        write_atomic(&self.path(), &json)
     }
+}
+
+/// Replace the file at `path` (mode 0600, its directory made if missing) with `bytes`, atomically
+/// and durably: a power cut leaves the old file or the new one, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let io = |action: &'static str, p: &Path| {
+        let p = p.to_owned();
+        move |source| StateError::Io {
+            path: p,
+            action,
+            source,
+        }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::create_dir_all(dir).map_err(io("create the state dir", dir))?;
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        f.write_all(bytes).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("fsync", &tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io("rename into place", path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync the state dir", dir))
 }
 
 #[cfg(test)]

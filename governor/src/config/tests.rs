@@ -311,3 +311,25 @@ fn the_status_port_is_a_port_or_zero_for_off() {
             .contains("the owner's page is off")
     );
 }
+
+#[test]
+fn the_update_url_is_an_http_address_or_absent() {
+    let with = |v: &str| {
+        format!(r#"{{"deviceId": "{ID}", "serverUrl": "http://m.example", "updateUrl": {v}}}"#)
+    };
+    let url = parse(&with(r#""https://updates.example/p2pvps/manifest.json""#))
+        .unwrap()
+        .update_url
+        .unwrap();
+    assert_eq!(url.as_str(), "https://updates.example/p2pvps/manifest.json");
+    let off = parse(&format!(
+        r#"{{"deviceId": "{ID}", "serverUrl": "http://m.example"}}"#
+    ))
+    .unwrap();
+    assert_eq!(off.update_url, None);
+    assert!(off.summary().contains("no system updates"));
+    for bad in [r#""ftp://u.example/m.json""#, r#""manifest.json""#, "42", r#""file:///m.json""#] {
+        let e = err(&with(bad));
+        assert!(e.contains("updateUrl"), "{bad}: {e}");
+    }
+}
