@@ -45,7 +45,9 @@ fn range(headers: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> {
     let end: u64 = if end.is_empty() {
         len.saturating_sub(1)
     } else {
-        end.parse::<u64>().map_err(|_| ())?.min(len.saturating_sub(1))
+        end.parse::<u64>()
+            .map_err(|_| ())?
+            .min(len.saturating_sub(1))
     };
     if start >= len || end < start {
         return Err(());
@@ -102,7 +104,10 @@ async fn serve(
     *response.status_mut() = status;
     let h = response.headers_mut();
     h.insert(header::CONTENT_LENGTH, count.into());
-    h.insert(header::ACCEPT_RANGES, header::HeaderValue::from_static("bytes"));
+    h.insert(
+        header::ACCEPT_RANGES,
+        header::HeaderValue::from_static("bytes"),
+    );
     if status == StatusCode::PARTIAL_CONTENT
         && let Ok(v) = format!("bytes {start}-{end}/{len}").parse()
     {

@@ -65,7 +65,7 @@ async fn reregistration_gives_new_credentials_a_new_port_and_a_new_lease() {
         devices: vec![DEVICE.into()],
         lease: Duration::from_hours(1),
         first_port: 7000,
-        state_file: None,
+        ..Options::default()
     })
     .await;
     let client = client();

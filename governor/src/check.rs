@@ -3,6 +3,7 @@
 //! check-in), no image is imported, no drive is touched.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -114,7 +115,54 @@ pub async fn run(config_path: &Path, env: &CheckEnv) -> Vec<Line> {
     lines.push(server(&config).await);
     lines.push(tunnel(&config).await);
     lines.extend(tunnel_key(&config, env));
+    lines.extend(updates(&config, env).await);
     lines
+}
+
+/// On the image: the running version and slot, the last update, and what the manifest offers.
+async fn updates(config: &DeviceConfig, env: &CheckEnv) -> Option<Line> {
+    use crate::update::{RecordStore, Running, Updater};
+    let running = match Running::detect() {
+        Ok(r) => r?,
+        Err(e) => {
+            return Some(Line::fail(
+                "updates",
+                e.to_string(),
+                "the image is damaged: write it to the card again (the state partition can stay)",
+            ));
+        }
+    };
+    let mut detail = format!("{} on slot {}", running.version, running.slot);
+    if let Some(last) = RecordStore::new(&env.state_dir).load().last {
+        let _ = write!(
+            detail,
+            "; last update {} {}",
+            last.version,
+            last.result.as_str()
+        );
+    }
+    let Some(url) = config.update_url.clone() else {
+        return Some(Line::ok(
+            "updates",
+            format!("{detail}; off (no updateUrl in device-config.json)"),
+        ));
+    };
+    let updater = Updater::new(&env.state_dir, running, Some(url.clone()));
+    Some(match updater.check().await {
+        Ok(Some(offer)) => Line::ok(
+            "updates",
+            format!(
+                "{detail}; {} offered by {url}, installed after the current rental",
+                offer.version
+            ),
+        ),
+        Ok(None) => Line::ok("updates", format!("{detail}; up to date ({url})")),
+        Err(e) => Line::fail(
+            "updates",
+            format!("{detail}; {e}"),
+            "check updateUrl in device-config.json and that the address serves the manifest",
+        ),
+    })
 }
 
 /// With `sshKey`: the key's public half, for the marketplace's operator (or that it will be made).

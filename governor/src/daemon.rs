@@ -16,13 +16,13 @@ use crate::notify::Notifier;
 use crate::page;
 use crate::runtime::{DockerRuntime, Limits};
 use crate::sandbox::{NftFirewall, tunnel};
-use crate::slots;
 use crate::socket::{self, Hub, SocketError, TunnelEndpoint};
 use crate::state::Phase;
 use crate::state::StateStore;
 use crate::storage::discover::{self, DiscoverError, HostPaths};
 use crate::storage::luks::PassphraseKdf;
 use crate::storage::{DirStorage, Storage, UsbStorage};
+use crate::update::{self, Boot, Running, Updater};
 use p2pvps_common::Backoff;
 
 /// How often a missing storage drive is looked for again.
@@ -73,10 +73,10 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
     }));
     let _keepalive = notifier.spawn_keepalive().map(crate::AbortOnDrop);
     notifier.ready();
-    spawn_mark_slot_good();
+    let slots = spawn_settle_slots(&opts.state_dir);
     // Until the config says otherwise, the board's own LED (every Pi has one; elsewhere none).
     let mut led = led::spawn(led::open(&Led::Act, &opts.led_root));
-    let result = run_with_led(&opts, shutdown, &mut led, &notifier).await;
+    let result = run_with_led(&opts, shutdown, &mut led, &notifier, slots).await;
     notifier.stopping();
     led.shutdown().await;
     if matches!(result, Err(DaemonError::Config(_))) && led::hand_over_config_error(&opts.led_root)
@@ -86,18 +86,59 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
     result
 }
 
-/// The running root slot came up as far as the governor: it keeps its boot tries (RAUC marks it
-/// good; without that, U-Boot's boot script would pass it over after three boots). Off the main
-/// path: RAUC's service starts on demand.
-fn spawn_mark_slot_good() {
-    if !slots::present() {
-        return;
+/// The root slots at start (`update::settle`): a slot that came up as far as the governor is marked
+/// good (it keeps its boot tries), unless it is a new version on trial, which must register first;
+/// a fall back from a failed update is recorded. Off the main path: RAUC's service starts on demand.
+/// None where the system has no slots or they cannot be read (the log says why).
+fn spawn_settle_slots(state_dir: &Path) -> tokio::task::JoinHandle<Option<(Running, Boot)>> {
+    let state_dir = state_dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let running = match Running::detect() {
+            Ok(r) => r?,
+            Err(e) => {
+                warn!(error = %e, "no system updates");
+                return None;
+            }
+        };
+        match update::settle(&state_dir, &running) {
+            Ok(boot) => {
+                info!(version = %running.version, slot = %running.slot, "system");
+                Some((running, boot))
+            }
+            Err(e) => {
+                warn!(error = %e, "could not settle the root slots; no system updates this run");
+                None
+            }
+        }
+    })
+}
+
+/// The updater, once the slots are settled and the config names the manifest (or not).
+async fn updates(
+    opts: &RunOptions,
+    config: &DeviceConfig,
+    slots: tokio::task::JoinHandle<Option<(Running, Boot)>>,
+) -> Option<Updates> {
+    let (running, boot) = slots.await.ok().flatten()?;
+    if config.update_url.is_none() {
+        info!("no updateUrl in device-config.json: system updates are off");
     }
-    tokio::task::spawn_blocking(|| match slots::mark_good().and_then(|()| slots::status()) {
-        Ok(Some(s)) => info!(slots = %s.summary(), "root slot marked good"),
-        Ok(None) => {}
-        Err(e) => warn!(error = %e, "could not mark the running root slot good"),
-    });
+    Some(Updates {
+        updater: Arc::new(Updater::new(
+            &opts.state_dir,
+            running,
+            config.update_url.clone(),
+        )),
+        trial: matches!(boot, Boot::Trial { .. }),
+        state_dir: opts.state_dir.clone(),
+    })
+}
+
+/// The system update's part in the daemon: the updater, whether this boot is a trial.
+struct Updates {
+    updater: Arc<Updater>,
+    trial: bool,
+    state_dir: PathBuf,
 }
 
 async fn run_with_led(
@@ -105,6 +146,7 @@ async fn run_with_led(
     shutdown: impl Future<Output = ()>,
     led: &mut LedHandle,
     notifier: &Notifier,
+    slots: tokio::task::JoinHandle<Option<(Running, Boot)>>,
 ) -> Result<(), DaemonError> {
     tokio::pin!(shutdown);
     notifier.status("waiting for a valid device-config.json");
@@ -169,16 +211,43 @@ async fn run_with_led(
     let market =
         Marketplace::new(&config.server_url, config.device_id.clone())?.with_time_source(time);
     let store = StateStore::new(&opts.state_dir);
+    let updates = updates(opts, &config, slots).await;
+    let _checks = updates.as_ref().map(|u| {
+        let scheduled = u.updater.clone();
+        crate::AbortOnDrop(tokio::spawn(async move {
+            scheduled.check_on_schedule().await;
+        }))
+    });
     // One lifecycle type per storage backend.
     if let Some(storage) = usb {
-        let lifecycle = Lifecycle::new(market, runtime, storage, clock, store, settings)
+        let mut lifecycle = Lifecycle::new(market, runtime, storage, clock, store, settings)
             .with_firewall(Arc::new(NftFirewall));
-        drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led, notifier).await
+        if let Some(u) = &updates {
+            lifecycle = lifecycle.with_between_rentals(u.updater.clone());
+        }
+        drive_lifecycle(
+            &lifecycle.with_hub(hub),
+            shutdown,
+            led,
+            notifier,
+            updates.as_ref(),
+        )
+        .await
     } else {
         let storage = DirStorage::new(&storage_root).sized(config.storage_size_mb << 20);
-        let lifecycle = Lifecycle::new(market, runtime, storage, clock, store, settings)
+        let mut lifecycle = Lifecycle::new(market, runtime, storage, clock, store, settings)
             .with_firewall(Arc::new(NftFirewall));
-        drive_lifecycle(&lifecycle.with_hub(hub), shutdown, led, notifier).await
+        if let Some(u) = &updates {
+            lifecycle = lifecycle.with_between_rentals(u.updater.clone());
+        }
+        drive_lifecycle(
+            &lifecycle.with_hub(hub),
+            shutdown,
+            led,
+            notifier,
+            updates.as_ref(),
+        )
+        .await
     }
 }
 
@@ -282,25 +351,43 @@ fn usb_storage(
     storage
 }
 
-/// Run the lifecycle until `shutdown`, showing its phases on the LED.
+/// Run the lifecycle until `shutdown`, showing its phases (and an update under way) on the LED. A
+/// new version on trial is confirmed once the device has registered.
 async fn drive_lifecycle<S: Storage>(
     lifecycle: &Lifecycle<Marketplace, DockerRuntime, S, SyncedClock<SystemClock>>,
     shutdown: impl Future<Output = ()>,
     led: &LedHandle,
     notifier: &Notifier,
+    updates: Option<&Updates>,
 ) -> Result<(), DaemonError> {
     let mut phases = lifecycle.subscribe();
     let mut sessions = lifecycle.hub().sessions();
+    let mut updating = updates.map_or_else(
+        || tokio::sync::watch::Sender::new(false).subscribe(),
+        |u| u.updater.updating(),
+    );
+    let mut trial = updates.filter(|u| u.trial);
     let run = lifecycle.run(shutdown);
     let show = async {
         loop {
             let phase = *phases.borrow_and_update();
             let open = *sessions.borrow_and_update();
-            led.show(indication(phase, open));
-            notifier.status(&format!("{} ({open} renter sessions)", phase.as_str()));
+            if *updating.borrow_and_update() {
+                led.show(Indication::Updating);
+                notifier.status("updating the system");
+            } else {
+                led.show(indication(phase, open));
+                notifier.status(&format!("{} ({open} renter sessions)", phase.as_str()));
+            }
+            if phase.rented()
+                && let Some(u) = trial.take()
+            {
+                confirm_trial(u);
+            }
             tokio::select! {
                 r = phases.changed() => if r.is_err() { return },
                 r = sessions.changed() => if r.is_err() { return },
+                r = updating.changed() => if r.is_err() { return },
             }
         }
     };
@@ -310,6 +397,17 @@ async fn drive_lifecycle<S: Storage>(
         () = show => run.await?,
     }
     Ok(())
+}
+
+/// The new version got the device registered: its slot is marked good.
+fn confirm_trial(u: &Updates) {
+    let state_dir = u.state_dir.clone();
+    let running = u.updater.running().clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = update::confirm_trial(&state_dir, &running) {
+            warn!(error = %e, "could not mark the updated slot good; it is tried again at the next start");
+        }
+    });
 }
 
 /// What the LED shows in each phase of the lifecycle, with `sessions` renter SSH sessions open.

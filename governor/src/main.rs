@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use p2pvps_governor::config::{self, DeviceConfig};
 use p2pvps_governor::daemon::{self, DaemonError, RunOptions};
 use p2pvps_governor::state::StateStore;
-use p2pvps_governor::{DEFAULT_STATE_DIR, EXIT_CONFIG, check, logging, status};
+use p2pvps_governor::{DEFAULT_STATE_DIR, EXIT_CONFIG, check, logging, status, update};
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +62,30 @@ enum Command {
     Check {
         #[arg(long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+    },
+    /// System updates (the image's A/B root slots): by default, ask the manifest what it offers.
+    /// Updates install by themselves between rentals; this is for doing it now.
+    Update {
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Only say what the manifest (updateUrl) offers (the default).
+        #[arg(long, conflicts_with_all = ["now", "bundle"])]
+        check: bool,
+        /// Download and install what the manifest offers now, even during a rental (the reboot
+        /// restarts the renter's container), and reboot into it.
+        #[arg(long, conflicts_with = "bundle")]
+        now: bool,
+        /// Install this bundle file (signed for this image), and reboot into it.
+        #[arg(long, value_name = "PATH")]
+        bundle: Option<PathBuf>,
+        /// Let a bundle through that is not newer than the running version (a downgrade).
+        #[arg(long, requires = "bundle")]
+        force: bool,
+        /// Write the update but do not reboot (it boots at the next restart).
+        #[arg(long)]
+        no_reboot: bool,
     },
     /// Validate a device-config.json and print it normalised.
     CheckConfig {
@@ -150,6 +174,22 @@ fn main() -> ExitCode {
             }
         },
         Command::WifiConfig { config, out } => wifi_config(&config, &out),
+        Command::Update {
+            config,
+            state_dir,
+            check: _,
+            now,
+            bundle,
+            force,
+            no_reboot,
+        } => {
+            let action = match (now, bundle) {
+                (_, Some(path)) => update::cli::Action::Bundle(path),
+                (true, None) => update::cli::Action::Now,
+                (false, None) => update::cli::Action::Check,
+            };
+            update_command(&config, &state_dir, action, force, !no_reboot)
+        }
     }
 }
 
@@ -174,6 +214,32 @@ fn wifi_config(config: &std::path::Path, out: &std::path::Path) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(255)
+        }
+    }
+}
+
+fn update_command(
+    config: &std::path::Path,
+    state_dir: &std::path::Path,
+    action: update::cli::Action,
+    force: bool,
+    reboot: bool,
+) -> ExitCode {
+    logging::init();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    match rt.block_on(update::cli::run(config, state_dir, action, force, reboot)) {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::socket::{TUNNEL_FILE, TunnelReport};
 use crate::state::{Phase, State, StateError, StateStore};
 use crate::storage::UsbStorage;
 use crate::storage::keys::KeyDir;
+use crate::update::{RecordStore, Running, Stage, UpdateRecord};
 
 /// The public view of the state.
 #[derive(Debug, Serialize)]
@@ -41,6 +42,52 @@ pub struct StatusView {
     pub ready_since: Option<DateTime<Utc>>,
     /// Where the owner's page is (`http://p2pvps-….local/`), while the governor serves it.
     pub page: Option<String>,
+    /// The system's version and slot and its updates; None where it has no update slots.
+    pub system: Option<SystemView>,
+}
+
+/// The running system and its updates.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemView {
+    pub version: String,
+    pub slot: String,
+    /// How the last update ended: `0.9.3 rolled back: …`.
+    pub last_update: Option<String>,
+    pub last_update_at: Option<DateTime<Utc>>,
+    /// What is under way or waiting: `0.9.4 on trial`, `0.9.4 available`.
+    pub update: Option<String>,
+    /// Why the last look at the manifest failed.
+    pub update_check_error: Option<String>,
+}
+
+impl SystemView {
+    pub fn new(running: &Running, record: &UpdateRecord) -> Self {
+        let update = match &record.pending {
+            Some(p) if p.stage == Stage::Installed => Some(format!(
+                "{} on trial on slot {} (good once registered)",
+                p.version, p.slot
+            )),
+            Some(p) => Some(format!("{} being written to slot {}", p.version, p.slot)),
+            None => record
+                .last_check
+                .as_ref()
+                .and_then(|c| c.available.clone())
+                .filter(|v| crate::update::is_newer_text(v, &running.version))
+                .map(|v| format!("{v} available: installed after the current rental")),
+        };
+        Self {
+            version: running.version.clone(),
+            slot: running.slot.clone(),
+            last_update: record
+                .last
+                .as_ref()
+                .map(|o| format!("{} {}: {}", o.version, o.result.as_str(), o.detail)),
+            last_update_at: record.last.as_ref().map(|o| o.at),
+            update,
+            update_check_error: record.last_check.as_ref().and_then(|c| c.error.clone()),
+        }
+    }
 }
 
 impl StatusView {
@@ -63,6 +110,7 @@ impl StatusView {
                 tunnel_key: None,
                 ready_since: None,
                 page: None,
+                system: None,
             };
         };
         Self {
@@ -82,6 +130,7 @@ impl StatusView {
             tunnel_key: None,
             ready_since: s.ready_since.filter(|_| s.phase == Phase::Registering),
             page: None,
+            system: None,
         }
     }
 
@@ -156,6 +205,18 @@ impl StatusView {
         if let Some(k) = &self.tunnel_key {
             line("tunnel key", k);
         }
+        if let Some(sys) = &self.system {
+            line("system", &format!("{} on slot {}", sys.version, sys.slot));
+            if let (Some(last), Some(at)) = (&sys.last_update, sys.last_update_at) {
+                line("last update", &format!("{last} ({})", relative(at, now)));
+            }
+            if let Some(u) = &sys.update {
+                line("update", u);
+            }
+            if let Some(e) = &sys.update_check_error {
+                line("update check", e);
+            }
+        }
         line("rentals done", &self.rentals_completed.to_string());
         if let Some(at) = self.last_heartbeat {
             let result = self.last_heartbeat_error.as_deref().unwrap_or("ok");
@@ -220,6 +281,10 @@ pub fn load_unverified(store: &StateStore) -> Result<StatusView, StateError> {
         .map(|k| k.trim().to_owned());
     if let Some(volume) = &view.storage_volume {
         view.storage_key = storage_key(store.dir(), volume).map(str::to_owned);
+    }
+    if let Ok(Some(running)) = Running::detect() {
+        let record = RecordStore::new(store.dir()).load();
+        view.system = Some(SystemView::new(&running, &record));
     }
     Ok(view)
 }
@@ -312,5 +377,54 @@ mod tests {
             v.render(Utc::now())
                 .starts_with("phase            not-started\n")
         );
+    }
+
+    #[test]
+    fn the_system_line_names_the_version_slot_and_the_last_update() {
+        use crate::update::record::{Check, Ending, Outcome};
+        let now = Utc::now();
+        let running = Running {
+            board: "rpi4".into(),
+            version: "0.9.2".into(),
+            slot: "B".into(),
+        };
+        let record = UpdateRecord {
+            last: Some(Outcome {
+                version: "0.9.3".into(),
+                result: Ending::RolledBack,
+                detail: "slot A did not come up healthy; back on 0.9.2 (slot B)".into(),
+                at: now - chrono::Duration::seconds(600),
+            }),
+            failed_versions: vec!["0.9.3".into()],
+            last_check: Some(Check {
+                at: now,
+                available: Some("0.9.4".into()),
+                error: None,
+            }),
+            ..UpdateRecord::default()
+        };
+        let view = StatusView {
+            system: Some(SystemView::new(&running, &record)),
+            ..StatusView::from_state(None)
+        };
+        let shown = view.render(now);
+        assert!(
+            shown.contains("system           0.9.2 on slot B\n"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("last update      0.9.3 rolled back: slot A did not come up healthy; back on 0.9.2 (slot B) (10 min ago)"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("update           0.9.4 available: installed after the current rental"),
+            "{shown}"
+        );
+        // An offer the device has meanwhile installed is not shown as available.
+        let running = Running {
+            version: "0.9.4".into(),
+            ..running
+        };
+        assert_eq!(SystemView::new(&running, &record).update, None);
     }
 }

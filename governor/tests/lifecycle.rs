@@ -626,3 +626,48 @@ async fn the_network_rules_are_in_place_before_any_renter_container_starts() {
     })
     .await;
 }
+
+/// Records, each time it runs, the registrations so far, the saved phase and how many renter
+/// volumes exist. It looks at the world (leaked: `BetweenRentals` is held as an `Arc<dyn …>`).
+struct Gate {
+    world: &'static World,
+    seen: Mutex<Vec<(u32, Phase, usize)>>,
+}
+
+impl p2pvps_governor::lifecycle::BetweenRentals for Gate {
+    fn run(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let w = self.world;
+        let volumes = std::fs::read_dir(w.storage_root()).map_or(0, Iterator::count);
+        self.seen
+            .lock()
+            .unwrap()
+            .push((w.market.registrations(), w.state().phase, volumes));
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn updates_get_their_turn_only_between_rentals() {
+    let w: &'static World = Box::leak(Box::new(World::new(1)));
+    let gate = Arc::new(Gate {
+        world: w,
+        seen: Mutex::new(Vec::new()),
+    });
+    let lc = w.lifecycle().with_between_rentals(gate.clone());
+    w.drive(&lc, async {
+        until(Duration::from_secs(5), || w.market.registrations() == 1).await;
+        // Serving for most of the hour: the gate is not asked while a renter is served.
+        tokio::time::sleep(Duration::from_mins(50)).await;
+        assert_eq!(gate.seen.lock().unwrap().len(), 1);
+        until(Duration::from_mins(15), || w.market.registrations() == 2).await;
+    })
+    .await;
+    let seen = gate.seen.lock().unwrap().clone();
+    // Once before each registration, in the Registering phase, and the second time only after the
+    // first renter's storage was wiped (one volume: the next renter's, prepared).
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].0, 0);
+    assert_eq!(seen[1].0, 1);
+    assert!(seen.iter().all(|s| s.1 == Phase::Registering), "{seen:?}");
+    assert_eq!(seen[1].2, 1, "{seen:?}");
+}

@@ -328,7 +328,12 @@ fn the_update_url_is_an_http_address_or_absent() {
     .unwrap();
     assert_eq!(off.update_url, None);
     assert!(off.summary().contains("no system updates"));
-    for bad in [r#""ftp://u.example/m.json""#, r#""manifest.json""#, "42", r#""file:///m.json""#] {
+    for bad in [
+        r#""ftp://u.example/m.json""#,
+        r#""manifest.json""#,
+        "42",
+        r#""file:///m.json""#,
+    ] {
         let e = err(&with(bad));
         assert!(e.contains("updateUrl"), "{bad}: {e}");
     }

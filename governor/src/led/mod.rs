@@ -27,6 +27,7 @@
 //! | steady on | `Ready`: listed on the marketplace, no renter connected | on |
 //! | on, short dark blip every 2 s | `RenterConnected`: an SSH session is open in the container | 1.8 s on, 0.2 s off (2 s) |
 //! | very fast flicker | `Wiping` the last renter's storage | 50 ms on, 50 ms off (0.1 s) |
+//! | two quick flashes a second | `Updating`: a system update is downloaded or written; a reboot follows | on 100 ms, off 100 ms, on 100 ms, off 700 ms (1 s) |
 //! | SOS (··· ― ― ― ···) | `Fatal` error: see the console or `journalctl -u p2pvps-governor` | Morse SOS: 200 ms dots, 600 ms dashes, 200 ms gaps, 600 ms between letters, 1.4 s dark (6.8 s) |
 //! | off | the governor is not running (or `led` is `"none"`) | off |
 

@@ -22,6 +22,8 @@ pub enum Indication {
     RenterConnected,
     /// Destroying the last renter's storage.
     Wiping,
+    /// Downloading or writing a system update (the device reboots into it next).
+    Updating,
     /// The governor hit an error it cannot recover from by itself.
     Fatal,
 }
@@ -87,6 +89,9 @@ const REGISTERING: &[Step] = &[on(1000), off(1000)];
 const RENTER_CONNECTED: &[Step] = &[on(1800), off(200)];
 /// 10 Hz, twice Booting's rate: reads as a flicker rather than a blink.
 const WIPING: &[Step] = &[on(50), off(50)];
+/// Two quick flashes a second: busy like Booting, and told apart from the counted blinks by
+/// their speed.
+const UPDATING: &[Step] = &[on(100), off(100), on(100), off(700)];
 /// Morse SOS at a 200 ms unit: dot 1 unit, dash 3, gaps inside a letter 1, between letters 3,
 /// and 7 after the word.
 const FATAL: &[Step] = &[
@@ -112,7 +117,7 @@ const FATAL: &[Step] = &[
 
 impl Indication {
     /// Every indication, in the order a device usually goes through them.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Booting,
         Self::NoConfig,
         Self::WaitingForStorage,
@@ -120,6 +125,7 @@ impl Indication {
         Self::Ready,
         Self::RenterConnected,
         Self::Wiping,
+        Self::Updating,
         Self::Fatal,
     ];
 
@@ -133,6 +139,7 @@ impl Indication {
             Self::Ready => Pattern::Steady(true),
             Self::RenterConnected => Pattern::Repeat(RENTER_CONNECTED),
             Self::Wiping => Pattern::Repeat(WIPING),
+            Self::Updating => Pattern::Repeat(UPDATING),
             Self::Fatal => Pattern::Repeat(FATAL),
         }
     }
@@ -147,6 +154,7 @@ impl Indication {
             Self::Ready => "ready",
             Self::RenterConnected => "renter-connected",
             Self::Wiping => "wiping",
+            Self::Updating => "updating",
             Self::Fatal => "fatal",
         }
     }
@@ -161,6 +169,7 @@ impl Indication {
             Self::Ready => "steady on",
             Self::RenterConnected => "on, short dark blip every 2 s",
             Self::Wiping => "very fast flicker",
+            Self::Updating => "two quick flashes a second",
             Self::Fatal => "SOS",
         }
     }
@@ -216,6 +225,7 @@ mod tests {
         assert_eq!(ms(Indication::Ready), None);
         assert_eq!(ms(Indication::RenterConnected), Some(2000));
         assert_eq!(ms(Indication::Wiping), Some(100));
+        assert_eq!(ms(Indication::Updating), Some(1000));
         assert_eq!(ms(Indication::Fatal), Some(6800));
     }
 }

@@ -16,6 +16,7 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,6 +74,12 @@ pub struct Settings {
     pub notices: Vec<Duration>,
 }
 
+/// What runs between rentals, before the device is offered again: no renter is served then (the
+/// system update, `update/`). It may not return (the device reboots into an update).
+pub trait BetweenRentals: Send + Sync {
+    fn run(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
 /// The renter's Docker network (its bridge is `p2pvps0`).
 pub const DEFAULT_NETWORK: &str = "p2pvps";
 
@@ -120,6 +127,8 @@ pub struct Lifecycle<M, R, S, C> {
     /// The renter's network rules; None: no network of the renter's own is made (tests of the
     /// lifecycle alone).
     firewall: Option<Arc<dyn Firewall>>,
+    /// Before each registration.
+    between: Option<Arc<dyn BetweenRentals>>,
 }
 
 /// How long a new container's sshd may take to answer before the device registers anyway (its
@@ -160,7 +169,15 @@ where
             hub: Hub::default(),
             phase_tx: watch::Sender::new(Phase::PreparingStorage),
             firewall: None,
+            between: None,
         }
+    }
+
+    /// Run `between` before each registration (never while a rental runs).
+    #[must_use]
+    pub fn with_between_rentals(mut self, between: Arc<dyn BetweenRentals>) -> Self {
+        self.between = Some(between);
+        self
     }
 
     /// Put the renter's container on a network of its own, behind `firewall`'s rules.
@@ -366,6 +383,9 @@ where
     }
 
     async fn register(&self, state: &mut State) -> Result<(), LifecycleError> {
+        if let Some(between) = &self.between {
+            between.run().await;
+        }
         // After a restart the volume may be closed and the container stopped (a reboot) or gone:
         // all in place again before the device is offered.
         if !self.ready_again(state).await? {

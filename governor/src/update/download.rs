@@ -5,7 +5,7 @@
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
-use reqwest::{StatusCode, Url, header};
+use reqwest::{StatusCode, header};
 use tracing::info;
 
 use super::manifest::Offer;
@@ -13,9 +13,9 @@ use super::manifest::Offer;
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
     #[error("downloading {url}: {source}")]
-    Http { url: Url, source: reqwest::Error },
+    Http { url: String, source: reqwest::Error },
     #[error("downloading {url}: the server answered {status}")]
-    Status { url: Url, status: StatusCode },
+    Status { url: String, status: StatusCode },
     #[error("{path}: {action}: {source}")]
     Io {
         path: PathBuf,
@@ -25,11 +25,15 @@ pub enum DownloadError {
     #[error(
         "downloading {url}: the server sent {got} bytes where the manifest says {want}; the download is discarded"
     )]
-    Size { url: Url, got: u64, want: u64 },
+    Size { url: String, got: u64, want: u64 },
     #[error(
         "downloading {url}: its SHA-256 is {got}, the manifest says {want}; the download is discarded"
     )]
-    Digest { url: Url, got: String, want: String },
+    Digest {
+        url: String,
+        got: String,
+        want: String,
+    },
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DownloadError {
@@ -42,7 +46,11 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Downl
 }
 
 /// Have the bundle `offer` names at `dest`: downloaded, or resumed from `dest`.part.
-pub async fn fetch(http: &reqwest::Client, offer: &Offer, dest: &Path) -> Result<(), DownloadError> {
+pub async fn fetch(
+    http: &reqwest::Client,
+    offer: &Offer,
+    dest: &Path,
+) -> Result<(), DownloadError> {
     if dest.is_file() && sha256_of(dest)? == offer.sha256 {
         return Ok(());
     }
@@ -57,7 +65,7 @@ pub async fn fetch(http: &reqwest::Client, offer: &Offer, dest: &Path) -> Result
     if have != offer.size {
         let _ = std::fs::remove_file(&part);
         return Err(DownloadError::Size {
-            url: offer.url.clone(),
+            url: offer.url.to_string(),
             got: have,
             want: offer.size,
         });
@@ -66,7 +74,7 @@ pub async fn fetch(http: &reqwest::Client, offer: &Offer, dest: &Path) -> Result
     if got != offer.sha256 {
         let _ = std::fs::remove_file(&part);
         return Err(DownloadError::Digest {
-            url: offer.url.clone(),
+            url: offer.url.to_string(),
             got,
             want: offer.sha256.clone(),
         });
@@ -84,7 +92,7 @@ async fn receive(
 ) -> Result<u64, DownloadError> {
     let url = &offer.url;
     let http_err = |source| DownloadError::Http {
-        url: url.clone(),
+        url: url.to_string(),
         source,
     };
     let mut request = http.get(url.clone());
@@ -99,7 +107,7 @@ async fn receive(
         StatusCode::OK => false,
         status => {
             return Err(DownloadError::Status {
-                url: url.clone(),
+                url: url.to_string(),
                 status,
             });
         }
@@ -125,7 +133,7 @@ async fn receive(
             drop(file);
             let _ = std::fs::remove_file(part);
             return Err(DownloadError::Size {
-                url: url.clone(),
+                url: url.to_string(),
                 got: have,
                 want: offer.size,
             });

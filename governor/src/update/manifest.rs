@@ -22,10 +22,10 @@ pub const MAX_BUNDLE_BYTES: u64 = 4 << 30;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("the update manifest is not the JSON the governor reads ({0}); check what {1} serves")]
-    NotJson(String, Url),
+    NotJson(String, String),
     #[error("the update manifest at {url} has a bad entry for board {board}: {reason}")]
     Entry {
-        url: Url,
+        url: String,
         board: String,
         reason: String,
     },
@@ -58,13 +58,13 @@ pub struct Offer {
 
 /// Read the manifest fetched from `url`; the offer for `board`, None when it names none.
 pub fn offer_for(url: &Url, body: &[u8], board: &str) -> Result<Option<Offer>, ManifestError> {
-    let raw: Raw =
-        serde_json::from_slice(body).map_err(|e| ManifestError::NotJson(e.to_string(), url.clone()))?;
+    let raw: Raw = serde_json::from_slice(body)
+        .map_err(|e| ManifestError::NotJson(e.to_string(), url.to_string()))?;
     let Some(entry) = raw.boards.get(board) else {
         return Ok(None);
     };
     let bad = |reason: String| ManifestError::Entry {
-        url: url.clone(),
+        url: url.to_string(),
         board: board.to_owned(),
         reason,
     };
@@ -110,7 +110,10 @@ mod tests {
     }
 
     fn manifest(entry: &str) -> String {
-        format!(r#"{{"boards": {{"rpi4": {entry}, "rpi5": {{"version": "1.0.0", "url": "x", "sha256": "{}", "size": 1}}}}}}"#, "0".repeat(64))
+        format!(
+            r#"{{"boards": {{"rpi4": {entry}, "rpi5": {{"version": "1.0.0", "url": "x", "sha256": "{}", "size": 1}}}}}}"#,
+            "0".repeat(64)
+        )
     }
 
     const GOOD: &str = r#"{"version": "0.3.0", "url": "p2pvps-rpi4-0.3.0.raucb", "sha256": "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08", "size": 176160768}"#;

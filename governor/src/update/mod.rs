@@ -24,6 +24,7 @@ use crate::command::{self, CommandError};
 use crate::slots::{self, SlotsError};
 use crate::state::StateError;
 
+pub mod cli;
 pub mod download;
 pub mod manifest;
 pub mod record;
@@ -42,16 +43,16 @@ const MANIFEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
-    #[error(
-        "this system has no update slots (no RAUC): it is updated by its own package manager"
-    )]
+    #[error("this system has no update slots (no RAUC): it is updated by its own package manager")]
     NoSlots,
     #[error("{OS_RELEASE} names no p2pvps image version (IMAGE_ID/IMAGE_VERSION): {0}")]
     Release(String),
     #[error("no updateUrl in device-config.json: updates are off")]
     NoSource,
+    #[error("{0}")]
+    Config(String),
     #[error("fetching the update manifest {url}: {detail}")]
-    Manifest { url: Url, detail: String },
+    Manifest { url: String, detail: String },
     #[error(transparent)]
     ManifestContent(#[from] ManifestError),
     #[error(transparent)]
@@ -104,13 +105,15 @@ impl Running {
         let board = value("IMAGE_ID")
             .and_then(|id| id.strip_prefix("p2pvps-").map(str::to_owned))
             .ok_or_else(|| UpdateError::Release("no IMAGE_ID=p2pvps-<board>".into()))?;
-        let version =
-            value("IMAGE_VERSION").ok_or_else(|| UpdateError::Release("no IMAGE_VERSION".into()))?;
+        let version = value("IMAGE_VERSION")
+            .ok_or_else(|| UpdateError::Release("no IMAGE_VERSION".into()))?;
         let slot = cmdline
             .split_whitespace()
             .find_map(|w| w.strip_prefix("rauc.slot="))
             .filter(|s| matches!(*s, "A" | "B"))
-            .ok_or_else(|| UpdateError::Release("no rauc.slot=A|B on the kernel command line".into()))?
+            .ok_or_else(|| {
+                UpdateError::Release("no rauc.slot=A|B on the kernel command line".into())
+            })?
             .to_owned();
         Ok(Self {
             board,
@@ -128,6 +131,11 @@ impl Running {
 /// Whether `offered` is newer than `running`; versions that are not semantic never are.
 pub fn is_newer(offered: &Version, running: &str) -> bool {
     Version::parse(running).is_ok_and(|r| *offered > r)
+}
+
+/// [`is_newer`] for two texts.
+pub fn is_newer_text(offered: &str, running: &str) -> bool {
+    Version::parse(offered).is_ok_and(|o| is_newer(&o, running))
 }
 
 /// At every start: what this boot is, acted upon. A normal boot's slot is marked good at once; a
@@ -276,7 +284,7 @@ impl Updater {
 
     async fn fetch_manifest(&self, url: &Url) -> Result<Vec<u8>, UpdateError> {
         let failed = |detail: String| UpdateError::Manifest {
-            url: url.clone(),
+            url: url.to_string(),
             detail,
         };
         let mut response = self
@@ -323,7 +331,9 @@ impl Updater {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let kept = keep.is_some_and(|k| name == k || name == format!("{}.part", k.trim_end_matches(".raucb")));
+            let kept = keep.is_some_and(|k| {
+                name == k || name == format!("{}.part", k.trim_end_matches(".raucb"))
+            });
             if !kept {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -431,7 +441,9 @@ impl Updater {
 
     fn refused(&self, version: &str, reason: &str, offered: bool) {
         warn!(%version, "update refused: {reason}");
-        let promised = offered.then(|| version.to_owned()).filter(|v| !v.is_empty());
+        let promised = offered
+            .then(|| version.to_owned())
+            .filter(|v| !v.is_empty());
         let outcome = record::Outcome {
             version: version.to_owned(),
             result: Ending::Refused,
@@ -496,11 +508,19 @@ impl Updater {
         loop {
             tokio::time::sleep(CHECK_EVERY).await;
             match self.check().await {
-                Ok(Some(offer)) => info!(version = %offer.version, "update available: applied after the current rental"),
+                Ok(Some(offer)) => {
+                    info!(version = %offer.version, "update available: applied after the current rental");
+                }
                 Ok(None) => {}
                 Err(e) => warn!(error = %e, "update check failed"),
             }
         }
+    }
+}
+
+impl crate::lifecycle::BetweenRentals for Updater {
+    fn run(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.between_rentals())
     }
 }
 
@@ -511,7 +531,7 @@ pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(15))
-        .read_timeout(Duration::from_secs(60))
+        .read_timeout(Duration::from_mins(1))
         .user_agent(concat!("p2pvps-governor/", env!("CARGO_PKG_VERSION")))
         .build()
         .expect("the HTTP client builds")

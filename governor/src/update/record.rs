@@ -190,7 +190,10 @@ mod tests {
 
     #[test]
     fn a_boot_is_told_by_the_pending_install() {
-        assert_eq!(classify(&UpdateRecord::default(), "A", "0.9.1"), Boot::Normal);
+        assert_eq!(
+            classify(&UpdateRecord::default(), "A", "0.9.1"),
+            Boot::Normal
+        );
         assert_eq!(
             classify(&pending(Stage::Installed), "B", "0.9.2"),
             Boot::Trial {
@@ -211,7 +214,10 @@ mod tests {
                 slot: "B".into()
             }
         );
-        assert_eq!(classify(&pending(Stage::Installed), "B", "0.9.7"), Boot::Normal);
+        assert_eq!(
+            classify(&pending(Stage::Installed), "B", "0.9.7"),
+            Boot::Normal
+        );
     }
 
     #[test]

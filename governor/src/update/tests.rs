@@ -4,8 +4,11 @@ const RELEASE: &str = "PRETTY_NAME=\"P2P VPS\"\nIMAGE_ID=p2pvps-rpi4\nIMAGE_VERS
 
 #[test]
 fn the_running_system_is_read_from_os_release_and_the_command_line() {
-    let running =
-        Running::from_texts(RELEASE, "console=ttyS0 root=PARTUUID=ab-03 rauc.slot=B rw\n").unwrap();
+    let running = Running::from_texts(
+        RELEASE,
+        "console=ttyS0 root=PARTUUID=ab-03 rauc.slot=B rw\n",
+    )
+    .unwrap();
     assert_eq!(
         running,
         Running {
@@ -64,11 +67,11 @@ fn bundle_bytes() -> Vec<u8> {
 
 #[tokio::test]
 async fn a_download_is_kept_only_with_the_manifests_size_and_digest() {
-    let served = tempfile::tempdir().unwrap();
+    let public = tempfile::tempdir().unwrap();
     let local = tempfile::tempdir().unwrap();
     let bytes = bundle_bytes();
-    std::fs::write(served.path().join("b.raucb"), &bytes).unwrap();
-    let server = files_server(served.path()).await;
+    std::fs::write(public.path().join("b.raucb"), &bytes).unwrap();
+    let server = files_server(public.path()).await;
     let dest = local.path().join("b.raucb");
 
     let good = offer(&server, "b.raucb", &bytes);
@@ -90,18 +93,20 @@ async fn a_download_is_kept_only_with_the_manifests_size_and_digest() {
     assert!(!dest.exists() && !dest.with_extension("part").exists());
 
     let missing = offer(&server, "nothing-here.raucb", &bytes);
-    let e = download::fetch(&client(), &missing, &dest).await.unwrap_err();
+    let e = download::fetch(&client(), &missing, &dest)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("404"), "{e}");
     server.stop().await;
 }
 
 #[tokio::test]
 async fn an_interrupted_download_resumes_where_it_stopped() {
-    let served = tempfile::tempdir().unwrap();
+    let public = tempfile::tempdir().unwrap();
     let local = tempfile::tempdir().unwrap();
     let bytes = bundle_bytes();
-    std::fs::write(served.path().join("b.raucb"), &bytes).unwrap();
-    let server = files_server(served.path()).await;
+    std::fs::write(public.path().join("b.raucb"), &bytes).unwrap();
+    let server = files_server(public.path()).await;
     let dest = local.path().join("b.raucb");
     // The part already held differs from the server's first half: only a download that resumes
     // (and does not fetch those bytes again) ends with this file, whose digest the offer names.
@@ -118,9 +123,9 @@ async fn an_interrupted_download_resumes_where_it_stopped() {
 
 #[tokio::test]
 async fn the_manifest_offers_only_newer_versions_that_did_not_fail_here() {
-    let served = tempfile::tempdir().unwrap();
+    let public = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let server = files_server(served.path()).await;
+    let server = files_server(public.path()).await;
     let running = Running::from_texts(RELEASE, "rauc.slot=A").unwrap();
     let manifest = |version: &str| {
         format!(
@@ -131,27 +136,40 @@ async fn the_manifest_offers_only_newer_versions_that_did_not_fail_here() {
     let url = Url::parse(&format!("{}/files/manifest.json", server.url())).unwrap();
     let updater = Updater::new(state.path(), running, Some(url.clone()));
 
-    std::fs::write(served.path().join("manifest.json"), manifest("0.9.2")).unwrap();
+    std::fs::write(public.path().join("manifest.json"), manifest("0.9.2")).unwrap();
     let offer = updater.check().await.unwrap().unwrap();
     assert_eq!(offer.version, Version::new(0, 9, 2));
-    assert_eq!(offer.url.as_str(), format!("{}/files/b.raucb", server.url()));
+    assert_eq!(
+        offer.url.as_str(),
+        format!("{}/files/b.raucb", server.url())
+    );
     let record = RecordStore::new(state.path()).load();
-    assert_eq!(record.last_check.unwrap().available.as_deref(), Some("0.9.2"));
+    assert_eq!(
+        record.last_check.unwrap().available.as_deref(),
+        Some("0.9.2")
+    );
 
     for older in ["0.9.1", "0.0.9"] {
-        std::fs::write(served.path().join("manifest.json"), manifest(older)).unwrap();
+        std::fs::write(public.path().join("manifest.json"), manifest(older)).unwrap();
         assert_eq!(updater.check().await.unwrap(), None, "{older}");
     }
     RecordStore::new(state.path())
         .update(|r| r.failed_versions.push("0.9.2".into()))
         .unwrap();
-    std::fs::write(served.path().join("manifest.json"), manifest("0.9.2")).unwrap();
+    std::fs::write(public.path().join("manifest.json"), manifest("0.9.2")).unwrap();
     assert_eq!(updater.check().await.unwrap(), None);
 
-    std::fs::write(served.path().join("manifest.json"), "x".repeat(100_000)).unwrap();
+    std::fs::write(public.path().join("manifest.json"), "x".repeat(100_000)).unwrap();
     let e = updater.check().await.unwrap_err();
     assert!(e.to_string().contains("not a manifest"), "{e}");
     let record = RecordStore::new(state.path()).load();
-    assert!(record.last_check.unwrap().error.unwrap().contains("not a manifest"));
+    assert!(
+        record
+            .last_check
+            .unwrap()
+            .error
+            .unwrap()
+            .contains("not a manifest")
+    );
     server.stop().await;
 }
