@@ -36,6 +36,17 @@ pub struct PageView {
     pub checks: Vec<CheckLine>,
     pub checked_at: Option<DateTime<Utc>>,
     pub log: Vec<String>,
+    /// The system's version and slot, and its last update (the image; None elsewhere).
+    pub system: Option<System>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct System {
+    /// "0.9.2 (slot B)".
+    pub running: String,
+    pub last_update: Option<String>,
+    pub update: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -138,6 +149,11 @@ pub fn gather(
         name: format!("{}.local", source.name),
         device_id: v.device_id.clone(),
         version: env!("CARGO_PKG_VERSION"),
+        system: v.system.as_ref().map(|s| System {
+            running: format!("{} (slot {})", s.version, s.slot),
+            last_update: s.last_update.clone(),
+            update: s.update.clone(),
+        }),
         now,
         meaning,
         led,
