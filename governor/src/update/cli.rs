@@ -31,6 +31,11 @@ pub async fn run(
         running.version,
         running.slot
     )];
+    match crate::slots::status() {
+        Ok(Some(slots)) => out.push(slots.summary()),
+        Ok(None) => {}
+        Err(e) => out.push(format!("the slots cannot be read: {e}")),
+    }
     // The manifest's address is the config's; a bundle file needs no config.
     let manifest = match (&action, DeviceConfig::load(config)) {
         (_, Ok(c)) => c.update_url,
