@@ -23,6 +23,28 @@ pub enum SlotsError {
     Parse(serde_json::Error, String),
 }
 
+impl SlotsError {
+    /// Why RAUC said no, without its progress chatter (`rauc-Message:` lines).
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Command(e) => {
+                let lines: Vec<&str> = e
+                    .detail
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.contains("rauc-Message:"))
+                    .collect();
+                if lines.is_empty() {
+                    e.detail.clone()
+                } else {
+                    lines.join("; ")
+                }
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// What `rauc status --output-format=json` says, the parts the governor uses.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct SlotStatus {
@@ -180,6 +202,18 @@ mod tests {
         assert_eq!(info.version, "0.9.2");
         assert_eq!(other("A"), "B");
         assert_eq!(other("B"), "A");
+    }
+
+    #[test]
+    fn rauc_s_reason_is_kept_and_its_chatter_dropped() {
+        let e = SlotsError::Command(CommandError {
+            command: "rauc info x".into(),
+            detail: "exit status: 1: rauc-Message: 01:12:08.164: Reading bundle: x\nrauc-Message: 01:12:08.229: Verifying bundle signature...\nsignature verification failed: Verify error:unable to get local issuer certificate".into(),
+        });
+        assert_eq!(
+            e.reason(),
+            "signature verification failed: Verify error:unable to get local issuer certificate"
+        );
     }
 
     #[test]

@@ -363,7 +363,10 @@ impl Updater {
             Err(e) => {
                 let version = promised.map(ToString::to_string).unwrap_or_default();
                 return Err(refused(
-                    format!("RAUC does not accept the bundle (its signature, its format): {e}"),
+                    format!(
+                        "RAUC does not accept the bundle (its signature, its format): {}",
+                        e.reason()
+                    ),
                     &version,
                 ));
             }
