@@ -40,7 +40,7 @@ impl SlotsError {
                     lines.join("; ")
                 }
             }
-            other => other.to_string(),
+            other @ Self::Parse(..) => other.to_string(),
         }
     }
 }
