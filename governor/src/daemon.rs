@@ -218,13 +218,14 @@ async fn run_with_led(
             scheduled.check_on_schedule().await;
         }))
     });
+    let between = updates
+        .as_ref()
+        .map(|u| u.updater.clone() as Arc<dyn crate::lifecycle::BetweenRentals>);
     // One lifecycle type per storage backend.
     if let Some(storage) = usb {
-        let mut lifecycle = Lifecycle::new(market, runtime, storage, clock, store, settings)
-            .with_firewall(Arc::new(NftFirewall));
-        if let Some(u) = &updates {
-            lifecycle = lifecycle.with_between_rentals(u.updater.clone());
-        }
+        let lifecycle = Lifecycle::new(market, runtime, storage, clock, store, settings)
+            .with_firewall(Arc::new(NftFirewall))
+            .with_between_rentals(between);
         drive_lifecycle(
             &lifecycle.with_hub(hub),
             shutdown,
@@ -235,11 +236,9 @@ async fn run_with_led(
         .await
     } else {
         let storage = DirStorage::new(&storage_root).sized(config.storage_size_mb << 20);
-        let mut lifecycle = Lifecycle::new(market, runtime, storage, clock, store, settings)
-            .with_firewall(Arc::new(NftFirewall));
-        if let Some(u) = &updates {
-            lifecycle = lifecycle.with_between_rentals(u.updater.clone());
-        }
+        let lifecycle = Lifecycle::new(market, runtime, storage, clock, store, settings)
+            .with_firewall(Arc::new(NftFirewall))
+            .with_between_rentals(between);
         drive_lifecycle(
             &lifecycle.with_hub(hub),
             shutdown,

@@ -653,7 +653,7 @@ async fn updates_get_their_turn_only_between_rentals() {
         world: w,
         seen: Mutex::new(Vec::new()),
     });
-    let lc = w.lifecycle().with_between_rentals(gate.clone());
+    let lc = w.lifecycle().with_between_rentals(Some(gate.clone()));
     w.drive(&lc, async {
         until(Duration::from_secs(5), || w.market.registrations() == 1).await;
         // Serving for most of the hour: the gate is not asked while a renter is served.

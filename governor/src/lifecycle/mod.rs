@@ -173,10 +173,10 @@ where
         }
     }
 
-    /// Run `between` before each registration (never while a rental runs).
+    /// Run `between` before each registration (never while a rental runs); None: nothing.
     #[must_use]
-    pub fn with_between_rentals(mut self, between: Arc<dyn BetweenRentals>) -> Self {
-        self.between = Some(between);
+    pub fn with_between_rentals(mut self, between: Option<Arc<dyn BetweenRentals>>) -> Self {
+        self.between = between;
         self
     }
 

@@ -37,16 +37,7 @@ pub struct PageView {
     pub checked_at: Option<DateTime<Utc>>,
     pub log: Vec<String>,
     /// The system's version and slot, and its last update (the image; None elsewhere).
-    pub system: Option<System>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct System {
-    /// "0.9.2 (slot B)".
-    pub running: String,
-    pub last_update: Option<String>,
-    pub update: Option<String>,
+    pub system: Option<status::SystemView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -141,7 +132,7 @@ pub fn gather(
     checked_at: Option<DateTime<Utc>>,
 ) -> PageView {
     let now = (source.now)();
-    let v = load(source);
+    let mut v = load(source);
     let counted = source.hub.counters().get();
     let (used_bytes, free_bytes) = volume_space(source, &v);
     let (meaning, led) = meaning(&v.phase);
@@ -149,11 +140,7 @@ pub fn gather(
         name: format!("{}.local", source.name),
         device_id: v.device_id.clone(),
         version: env!("CARGO_PKG_VERSION"),
-        system: v.system.as_ref().map(|s| System {
-            running: format!("{} (slot {})", s.version, s.slot),
-            last_update: s.last_update.clone(),
-            update: s.update.clone(),
-        }),
+        system: v.system.take(),
         now,
         meaning,
         led,

@@ -65,14 +65,26 @@ fn bundle_bytes() -> Vec<u8> {
     (0..3_000_000u32).map(|i| (i % 251) as u8).collect()
 }
 
-#[tokio::test]
-async fn a_download_is_kept_only_with_the_manifests_size_and_digest() {
+/// A bundle's bytes published as `b.raucb` by a devserver, and where the device keeps its download
+/// (the temporary directories live as long as the first value).
+async fn published_bundle() -> (
+    [tempfile::TempDir; 2],
+    p2pvps_devserver::Running,
+    Vec<u8>,
+    std::path::PathBuf,
+) {
     let public = tempfile::tempdir().unwrap();
     let local = tempfile::tempdir().unwrap();
     let bytes = bundle_bytes();
     std::fs::write(public.path().join("b.raucb"), &bytes).unwrap();
     let server = files_server(public.path()).await;
     let dest = local.path().join("b.raucb");
+    ([public, local], server, bytes, dest)
+}
+
+#[tokio::test]
+async fn a_download_is_kept_only_with_the_manifests_size_and_digest() {
+    let (_dirs, server, bytes, dest) = published_bundle().await;
 
     let good = offer(&server, "b.raucb", &bytes);
     download::fetch(&client(), &good, &dest).await.unwrap();
@@ -102,12 +114,7 @@ async fn a_download_is_kept_only_with_the_manifests_size_and_digest() {
 
 #[tokio::test]
 async fn an_interrupted_download_resumes_where_it_stopped() {
-    let public = tempfile::tempdir().unwrap();
-    let local = tempfile::tempdir().unwrap();
-    let bytes = bundle_bytes();
-    std::fs::write(public.path().join("b.raucb"), &bytes).unwrap();
-    let server = files_server(public.path()).await;
-    let dest = local.path().join("b.raucb");
+    let (_dirs, server, bytes, dest) = published_bundle().await;
     // The part already held differs from the server's first half: only a download that resumes
     // (and does not fetch those bytes again) ends with this file, whose digest the offer names.
     let half = bytes.len() / 2;

@@ -27,7 +27,7 @@ function show(v) {
   set("name", v.name);
   set("device", v.deviceId ? `device ${v.deviceId}` : "no device id yet");
   set("version", v.version);
-  set("system", v.system ? ` · system ${v.system.running}` : "");
+  set("system", v.system ? ` · system ${v.system.version} (slot ${v.system.slot})` : "");
   set("update", v.system ? [v.system.update, v.system.lastUpdate && `Last update: ${v.system.lastUpdate}`].filter(Boolean).join(" · ") : "");
   $("phase").dataset.phase = v.phase;
   set("phase", v.phase);
